@@ -1,0 +1,1 @@
+"""Quantised weights: GGML block decoders and packed low-bit matmul kernels."""
