@@ -1,0 +1,1 @@
+"""Readers for model files: GGUF, Hugging Face safetensors folders, tokenizers and chat templates."""

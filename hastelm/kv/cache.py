@@ -1,0 +1,87 @@
+"""Dense, preallocated KV cache.
+
+Layout per layer: keys/values `[slots, capacity, kv_heads, head_dim]`, so a batch of rows writes
+with one `index_put_` and one sequence reads a contiguous prefix without a copy. Each slot also
+records the RoPE position of every cached entry: sliding-window masks, tree verification and
+eviction (which keeps entries whose positions are no longer contiguous) all derive from it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import ContextOverflowError
+
+
+class KVCache:
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, capacity: int,
+                 slots: int = 1, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> None:
+        shape = (slots, capacity, kv_heads, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.positions = torch.full((slots, capacity), -1, dtype=torch.long, device=device)
+        self.lengths = [0] * slots          # host-side: read on every step, so no device sync
+        self.capacity = capacity
+        self.num_slots = slots
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    def length(self, slot: int = 0) -> int:
+        return self.lengths[slot]
+
+    def reserve(self, slot: int, n: int) -> int:
+        """Start index for `n` new entries in `slot`; raises if they do not fit."""
+        start = self.lengths[slot]
+        if start + n > self.capacity:
+            raise ContextOverflowError(
+                f"context length exceeded: {start} cached + {n} new tokens > {self.capacity}")
+        return start
+
+    def commit(self, slot: int, n: int) -> None:
+        self.lengths[slot] += n
+
+    def trim(self, n: int, slot: int = 0) -> None:
+        """Drop the last `n` entries (speculation rollback)."""
+        if n < 0 or n > self.lengths[slot]:
+            raise ValueError(f"cannot trim {n} of {self.lengths[slot]} entries")
+        self.lengths[slot] -= n
+        self.positions[slot, self.lengths[slot]:self.lengths[slot] + n] = -1
+
+    def keep(self, indices: Sequence[int] | torch.Tensor, slot: int = 0) -> None:
+        """Keep only the entries at `indices` (ascending), packed to the front of the slot.
+
+        Used to compact an accepted tree path and by eviction policies.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.positions.device)
+        n = int(idx.numel())
+        old = self.lengths[slot]
+        for store in (self.keys, self.values):
+            for layer in store:
+                layer[slot, :n] = layer[slot].index_select(0, idx)
+        self.positions[slot, :n] = self.positions[slot].index_select(0, idx)
+        self.positions[slot, n:old] = -1
+        self.lengths[slot] = n
+
+    def keep_tail(self, start: int, indices: Sequence[int], slot: int = 0) -> None:
+        """Keep entries `[0, start)` plus `start + i` for i in `indices` (tree compaction)."""
+        sel = [start + i for i in indices]
+        if sel == list(range(start, start + len(sel))):
+            self.trim(self.lengths[slot] - start - len(sel), slot)   # already contiguous
+            return
+        idx = torch.tensor(sel, dtype=torch.long, device=self.positions.device)
+        n = len(sel)
+        for store in (self.keys, self.values):
+            for layer in store:
+                layer[slot, start:start + n] = layer[slot].index_select(0, idx)
+        self.positions[slot, start:start + n] = self.positions[slot].index_select(0, idx)
+        self.positions[slot, start + n:self.lengths[slot]] = -1
+        self.lengths[slot] = start + n
+
+    def reset(self, slot: int = 0) -> None:
+        self.positions[slot, :self.lengths[slot]] = -1
+        self.lengths[slot] = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)

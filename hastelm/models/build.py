@@ -1,0 +1,103 @@
+"""Assemble a `Transformer` from a weight source in one of hastelm's numeric modes.
+
+Modes:
+- "float32": every weight dequantized to float32; the exactness reference against transformers.
+- "bfloat16": dense bf16 weights and activations (GPU default).
+- "fast": CPU default. Weights whose GGUF blocks are groupwise int4 stay packed for torch's int4
+  kernel; the others are dense bf16.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..quant.linear import DenseLinear, Int4Linear, Int8Linear
+from .config import ModelConfig
+from .rope import interleave_permutation
+from .transformer import LayerWeights, Transformer
+from .weights import WeightSource
+
+MODES = ("float32", "bfloat16", "fast")
+
+
+def _dtype(mode: str) -> torch.dtype:
+    return torch.float32 if mode == "float32" else torch.bfloat16
+
+
+def _linear(src: WeightSource, names: list[str], mode: str, device: torch.device,
+            row_perms: list[torch.Tensor | None], biases: list[str] | None = None) -> nn.Module:
+    """One linear layer for the row-concatenation of `names` (fused projections)."""
+    perms = row_perms
+    bias = None
+    if biases and all(src.has(b) for b in biases):
+        parts = [src.float(b) for b in biases]
+        bias = torch.cat([p if r is None else p[r] for p, r in zip(parts, perms)])
+    if mode == "fast" and device.type == "cpu":
+        groups = [src.int4(n) for n in names]
+        if all(g is not None for g in groups):
+            q, scale, offset = (torch.cat([g[j] if r is None else g[j][r] for g, r in zip(groups, perms)])
+                                for j in range(3))
+            return Int4Linear(q, scale, offset, bias)
+    ws = [src.float(n) for n in names]
+    weight = torch.cat([w if r is None else w[r] for w, r in zip(ws, perms)])
+    dt = _dtype(mode)
+    return DenseLinear(weight.to(device, dt), None if bias is None else bias.to(device, dt))
+
+
+def build_transformer(config: ModelConfig, src: WeightSource, mode: str = "fast",
+                      device: torch.device | str = "cpu",
+                      progress: Callable[[int, int], None] | None = None) -> Transformer:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    device = torch.device(device)
+    dt = _dtype(mode)
+    c = config
+    q_perm = k_perm = head_perm = None
+    if src.rotate_half_layout:
+        q_perm = interleave_permutation(c.num_attention_heads, c.head_dim)
+        k_perm = interleave_permutation(c.num_key_value_heads, c.head_dim)
+        head_perm = interleave_permutation(1, c.head_dim)
+
+    def norm(name: str, perm: torch.Tensor | None = None) -> torch.Tensor:
+        w = src.float(name)
+        if src.norms_store_offset:
+            w = w + 1.0
+        if perm is not None:
+            w = w[perm]
+        return w.to(device, dt)
+
+    layers = []
+    for i in range(c.num_hidden_layers):
+        p = f"blk.{i}."
+        qk_norm = None
+        if src.has(p + "attn_q_norm.weight"):
+            qn, kn = norm(p + "attn_q_norm.weight", head_perm), norm(p + "attn_k_norm.weight", head_perm)
+            qk_norm = torch.cat([qn.expand(c.num_attention_heads, -1), kn.expand(c.num_key_value_heads, -1)])
+        layers.append(LayerWeights(
+            attn_norm=norm(p + "attn_norm.weight"),
+            qkv=_linear(src, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], mode, device,
+                        [q_perm, k_perm, None], [p + "attn_q.bias", p + "attn_k.bias", p + "attn_v.bias"]),
+            o=_linear(src, [p + "attn_output.weight"], mode, device, [None]),
+            ffn_norm=norm(p + "ffn_norm.weight"),
+            gate_up=_linear(src, [p + "ffn_gate.weight", p + "ffn_up.weight"], mode, device, [None, None]),
+            down=_linear(src, [p + "ffn_down.weight"], mode, device, [None]),
+            qk_norm=qk_norm,
+            post_attn_norm=norm(p + "post_attention_norm.weight") if src.has(p + "post_attention_norm.weight") else None,
+            post_ffn_norm=norm(p + "post_ffw_norm.weight") if src.has(p + "post_ffw_norm.weight") else None,
+        ))
+        if progress:
+            progress(i + 1, c.num_hidden_layers + 1)
+    tied = c.tie_word_embeddings or not src.has("output.weight")
+    fast_cpu = mode == "fast" and device.type == "cpu"
+    table = src.float("token_embd.weight")
+    # fast CPU mode: per-row int8 for the (usually Q8_0) embedding/output table, a third of bf16's bytes
+    embedding: nn.Module = Int8Linear(table) if fast_cpu else DenseLinear(table.to(device, dt))
+    lm_head = embedding if tied else _linear(src, ["output.weight"], mode, device, [None])
+    if fast_cpu and isinstance(lm_head, DenseLinear):
+        lm_head = Int8Linear(lm_head.weight.float())
+    model = Transformer(c, embedding, layers, norm("output_norm.weight"), lm_head, dt)
+    if progress:
+        progress(c.num_hidden_layers + 1, c.num_hidden_layers + 1)
+    return model.eval()

@@ -1,0 +1,201 @@
+"""One decoder that covers llama (SmolLM2, TinyLlama, Llama 2/3, Mistral), qwen2 and gemma3.
+
+Differences between the families are data (config flags and which weights exist), not forks:
+qwen2 adds q/k/v biases; gemma3 adds q/k norms, sandwich norms, GeGLU, scaled embeddings and
+sliding-window layers with their own RoPE base. Layer skipping is an argument of `forward`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kv.cache import KVCache
+from .config import ModelConfig
+from .rope import apply_rope, rope_table
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor
+    qkv: nn.Module                      # fused q, k, v projection
+    o: nn.Module
+    ffn_norm: torch.Tensor
+    gate_up: nn.Module                  # fused gate and up projection
+    down: nn.Module
+    qk_norm: torch.Tensor | None = None     # gemma3: [H + Hkv, D] (q_norm per q head, k_norm per k head)
+    post_attn_norm: torch.Tensor | None = None
+    post_ffn_norm: torch.Tensor | None = None
+
+
+class Layer(nn.Module):
+    def __init__(self, w: LayerWeights) -> None:
+        super().__init__()
+        self.qkv, self.o, self.gate_up, self.down = w.qkv, w.o, w.gate_up, w.down
+        for name in ("attn_norm", "ffn_norm", "qk_norm", "post_attn_norm", "post_ffn_norm"):
+            t = getattr(w, name)
+            self.register_buffer(name, t, persistent=False)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig, embedding: nn.Module, layers: list[LayerWeights],
+                 final_norm: torch.Tensor, lm_head: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.config = config
+        self.dtype = dtype                     # activation / KV-cache dtype
+        self.embedding = embedding              # has .rows(tokens); may be lm_head itself (tied)
+        self.layers = nn.ModuleList(Layer(w) for w in layers)
+        self.register_buffer("final_norm", final_norm, persistent=False)
+        self.lm_head = lm_head
+        c = config
+        self.n_q, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.embed_scale = c.hidden_size ** 0.5 if c.is_gemma else None
+        self.act = (lambda x: F.gelu(x, approximate="tanh")) if c.hidden_activation.startswith("gelu") else F.silu
+        self._rope_global: torch.Tensor | None = None
+        self._rope_local: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.final_norm.device
+
+    def new_cache(self, capacity: int | None = None, slots: int = 1) -> KVCache:
+        capacity = min(capacity or self.config.max_position_embeddings, self.config.max_position_embeddings)
+        return KVCache(self.config.num_hidden_layers, self.n_kv, self.head_dim, capacity, slots,
+                       dtype=self.dtype, device=self.device)
+
+    def _rope(self, local: bool, max_pos: int) -> torch.Tensor:
+        # tables grow on demand so a short chat never builds a 128k-entry table
+        c = self.config
+        cur = self._rope_local if local else self._rope_global
+        if cur is None or cur.shape[0] < max_pos:
+            size = max(2048, 1 << (max_pos - 1).bit_length())
+            base = c.rope_local_base_freq if local else c.rope_theta
+            cur = rope_table(self.head_dim, base, size, None if local else c.rope_scaling, self.device)
+            if local:
+                self._rope_local = cur
+            else:
+                self._rope_global = cur
+        return cur
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embedding.rows(tokens).to(self.dtype)
+        if self.embed_scale is not None:
+            x = x * torch.tensor(self.embed_scale, dtype=self.dtype)
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = F.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.config.rms_norm_eps)
+        out = self.lm_head(x).float()
+        cap = self.config.final_logit_softcapping
+        return torch.tanh(out / cap) * cap if cap else out
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                slots: Sequence[int] | None = None, tree_mask: torch.Tensor | None = None,
+                layers: Sequence[int] | None = None, last_only: bool = False,
+                return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Run `tokens` `[B, T]` at RoPE `positions` `[B, T]`, appending their K/V to `cache`.
+
+        New entries go after each slot's cached prefix, which they all see. Among themselves they
+        attend causally, or by `tree_mask` `[T, T]` / `[B, T, T]` (True = may attend) for a draft
+        tree. `layers` runs only those layers (self-speculative drafting). Returns float32 logits
+        `[B, T, V]` (`[B, 1, V]` with `last_only`), plus the final hidden states if asked.
+        """
+        B, T = tokens.shape
+        slots = list(range(B)) if slots is None else list(slots)
+        starts = [cache.reserve(s, T) for s in slots]
+        L = max(starts) + T
+        write = self._write_plan(cache, slots, starts, positions, T)
+        masks = self._masks(cache, slots, starts, positions, T, L, tree_mask)
+        rot_g = self._rope(False, int(positions.max()) + 1)[positions]
+        rot_l = self._rope(True, int(positions.max()) + 1)[positions] if self.config.sliding_window else rot_g
+        x = self.embed(tokens)
+        run = range(len(self.layers)) if layers is None else layers
+        for i in run:
+            sliding = self.config.layer_is_sliding(i)
+            x = self._layer(i, x, cache, slots, write, L, masks[sliding], rot_l if sliding else rot_g)
+        for s in slots:
+            cache.commit(s, T)
+        h = x[:, -1:] if last_only else x
+        out = self.logits(h)
+        return (out, h) if return_hidden else out
+
+    # ---- pieces --------------------------------------------------------------------------
+    def _write_plan(self, cache: KVCache, slots: list[int], starts: list[int],
+                    positions: torch.Tensor, T: int) -> tuple[int, int] | tuple[torch.Tensor, torch.Tensor]:
+        if len(slots) == 1:
+            s, st = slots[0], starts[0]
+            cache.positions[s, st:st + T] = positions[0]
+            return (s, st)
+        slot_idx = torch.tensor(slots, device=self.device)[:, None].expand(-1, T)
+        idx = torch.tensor(starts, device=self.device)[:, None] + torch.arange(T, device=self.device)
+        cache.positions[slot_idx, idx] = positions
+        return (slot_idx, idx)
+
+    def _masks(self, cache: KVCache, slots: list[int], starts: list[int], positions: torch.Tensor,
+               T: int, L: int, tree_mask: torch.Tensor | None) -> dict[bool, torch.Tensor | None]:
+        """Boolean masks `[B, 1, T, L]` for full and sliding layers (None when all keys are visible)."""
+        window = self.config.sliding_window
+        B = len(slots)
+        simple = B == 1 and tree_mask is None
+        if simple and T == 1 and (window is None or L <= window):
+            return {False: None, True: None}
+        dev = self.device
+        rel = torch.arange(L, device=dev)[None, :] - torch.tensor(starts, device=dev)[:, None]   # [B, L]
+        q_idx = torch.arange(T, device=dev)[None, :, None]
+        mask = rel[:, None, :] <= q_idx                                    # prefix + causal new part
+        if tree_mask is not None:
+            tm = tree_mask if tree_mask.dim() == 3 else tree_mask.expand(B, T, T)
+            in_new = (rel >= 0)[:, None, :].expand(B, T, L)
+            cols = rel.clamp(0, T - 1)[:, None, :].expand(B, T, L)
+            mask = torch.where(in_new, torch.gather(tm.to(dev), 2, cols), mask)
+        key_pos = cache.positions[torch.tensor(slots, device=dev)][:, :L]          # [B, L]
+        mask = mask & (key_pos >= 0)[:, None, :]
+        masks: dict[bool, torch.Tensor | None] = {False: mask[:, None]}
+        if window is not None:
+            near = (positions[:, :, None] - key_pos[:, None, :]) < window
+            masks[True] = (mask & near)[:, None]
+        else:
+            masks[True] = masks[False]
+        return masks
+
+    def _layer(self, i: int, x: torch.Tensor, cache: KVCache, slots: list[int], write: tuple,
+               L: int, mask: torch.Tensor | None, rot: torch.Tensor) -> torch.Tensor:
+        layer = self.layers[i]
+        eps = self.config.rms_norm_eps
+        B, T, _ = x.shape
+        nq, nkv, hd = self.n_q, self.n_kv, self.head_dim
+        h = F.rms_norm(x, (x.shape[-1],), layer.attn_norm, eps)
+        qkv = layer.qkv(h).view(B, T, nq + 2 * nkv, hd)
+        qk, v = qkv[:, :, :nq + nkv], qkv[:, :, nq + nkv:]
+        if layer.qk_norm is not None:
+            qk = F.rms_norm(qk, (hd,), None, eps) * layer.qk_norm
+        qk = apply_rope(qk, rot).to(self.dtype)
+        q, k = qk[:, :, :nq], qk[:, :, nq:]
+        keys, values = cache.keys[i], cache.values[i]
+        if isinstance(write[0], int):
+            s, st = write
+            keys[s, st:st + T] = k[0]
+            values[s, st:st + T] = v[0]
+            k_all, v_all = keys[s:s + 1, :L], values[s:s + 1, :L]
+        else:
+            keys[write] = k
+            values[write] = v
+            sl = torch.tensor(slots, device=self.device)
+            k_all, v_all = keys[sl, :L], values[sl, :L]
+        att = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2).to(q.dtype),
+            attn_mask=mask, scale=self.config.attn_scale, enable_gqa=nkv != nq)
+        att = layer.o(att.transpose(1, 2).reshape(B, T, nq * hd)).to(self.dtype)
+        if layer.post_attn_norm is not None:
+            att = F.rms_norm(att, (att.shape[-1],), layer.post_attn_norm, eps)
+        x = x + att
+        h = F.rms_norm(x, (x.shape[-1],), layer.ffn_norm, eps)
+        gate, up = layer.gate_up(h).chunk(2, dim=-1)
+        f = layer.down(self.act(gate) * up).to(self.dtype)
+        if layer.post_ffn_norm is not None:
+            f = F.rms_norm(f, (f.shape[-1],), layer.post_ffn_norm, eps)
+        return x + f

@@ -1,0 +1,92 @@
+"""Linear layers over the weight representations hastelm keeps: dense, packed int4, int8 rows.
+
+GGUF Q4_0/Q4_1/Q4_K blocks are exactly `w = q * scale + offset` on groups of 32, which is torch's
+CPU int4 kernel format, so those weights stay packed (a quarter of bf16's bytes) with no
+requantization. That kernel's cost grows linearly with the number of rows it multiplies, so for
+prefill-sized inputs the weight is unpacked to bf16 on the fly and a dense GEMM runs instead.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ggml_blocks import int4_matmul, pack_int4_for_cpu
+
+# Rows of input at which unpack + dense bf16 GEMM beats the int4 kernel (measured on a 2-core
+# AVX-512 CPU: int4 11.6 ms vs unpack 1.4 ms + bf16 5.1 ms for 512x576 @ 576x3072).
+DENSE_FROM_ROWS = 96
+
+
+class DenseLinear(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.out_features = weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+    def rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.weight)
+
+
+class Int4Linear(nn.Module):
+    """Groupwise-int4 weight `[out, in]` (groups of 32 along `in`), bf16 activations."""
+
+    group_size = 32
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        packed, sz = pack_int4_for_cpu(q, scale, offset, dtype)
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("scales_and_zeros", sz, persistent=False)
+        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
+        self.dtype = dtype
+        self.can_unpack = self.out_features % 64 == 0
+
+    def unpack(self) -> torch.Tensor:
+        """The dense weight `[out, in]` in the activation dtype.
+
+        The CPU packing stores, per block of 64 output rows and per input column, 32 bytes whose
+        low nibbles are rows 0-31 and high nibbles rows 32-63 of the block.
+        """
+        n, k = self.out_features, self.in_features
+        blocks = self.packed.view(n // 64, k, 32)
+        q = torch.cat([blocks & 15, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k // 32, 32)
+        sz = self.scales_and_zeros.transpose(0, 1)          # [out, groups, 2]
+        w = (q.to(self.dtype) - 8) * sz[..., :1] + sz[..., 1:]
+        return w.view(n, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows >= DENSE_FROM_ROWS and self.can_unpack:
+            out = F.linear(x.to(self.dtype), self.unpack())
+        else:
+            out = int4_matmul(x.to(self.dtype), self.packed, self.scales_and_zeros, self.group_size)
+        return out if self.bias is None else out + self.bias
+
+
+class Int8Linear(nn.Module):
+    """Int8 weight with one scale per output row (`_weight_int8pack_mm`); also serves as the
+    embedding table when input and output embeddings are tied."""
+
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer("q", q, persistent=False)
+        self.register_buffer("scale", scale.to(dtype), persistent=False)
+        self.dtype = dtype
+        self.out_features = weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(self.dtype), self.q, self.scale)
+        return out.view(*shape[:-1], self.out_features)
+
+    def rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.q).to(self.dtype) * F.embedding(tokens, self.scale[:, None])
