@@ -1,0 +1,1 @@
+"""Benchmarks: workloads, runner, peers (transformers, llama.cpp), report (table, JSON, plot)."""

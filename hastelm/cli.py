@@ -1,0 +1,181 @@
+"""`hastelm` command line: generate | chat | models | serve | bench."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import HastelmError
+from .models.registry import ALIASES, DEFAULT_MODEL, alias_location
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="hastelm: LLM inference with built-in, verified decoding accelerations.")
+err = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    """One line naming the problem, non-zero exit, no traceback."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def load_llm(model: str, dtype: str = "auto", device: str = "auto", speculative: Optional[str] = None,
+             context_length: Optional[int] = None):
+    """Load with a progress bar on stderr; user mistakes become one-line errors."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .engine import LLM
+
+    with Progress(TextColumn("loading {task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task(model, total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return LLM(model, dtype=dtype, device=device, speculative=speculative,
+                   context_length=context_length, progress=report)
+
+
+def sampling_params(max_tokens: int, temp: float, top_k: int, top_p: float, min_p: float,
+                    seed: Optional[int], repeat_penalty: float = 1.0, stop: Optional[list[str]] = None):
+    from .decoding.sampling import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                          seed=seed, repetition_penalty=repeat_penalty, stop=stop or [])
+
+
+ModelOpt = typer.Option(DEFAULT_MODEL, "-m", "--model", help="alias, .gguf file or Hugging Face folder")
+SpecOpt = typer.Option(None, "--speculative", help="recycling|pld|lookahead|layerskip|draft:MODEL|auto")
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., "-p", "--prompt", help="prompt text, or - to read stdin"),
+    model: str = ModelOpt,
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n"),
+    temp: float = typer.Option(0.8, "--temp", help="0 = greedy"),
+    top_k: int = typer.Option(40, "--top-k"),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    min_p: float = typer.Option(0.05, "--min-p"),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    system: Optional[str] = typer.Option(None, "--system", help="system prompt; implies the chat template"),
+    chat: bool = typer.Option(True, "--chat/--raw", help="apply the model's chat template"),
+    stop: Optional[list[str]] = typer.Option(None, "--stop"),
+    speculative: Optional[str] = SpecOpt,
+    dtype: str = typer.Option("auto", "--dtype", help="auto|float32|bfloat16"),
+    device: str = typer.Option("auto", "--device"),
+    stats: bool = typer.Option(True, "--stats/--no-stats", help="print speed on stderr"),
+) -> None:
+    """Complete one prompt, streaming the text to stdout."""
+    try:
+        text = sys.stdin.read() if prompt == "-" else prompt
+        params = sampling_params(max_tokens, temp, top_k, top_p, min_p, seed, repeat_penalty, stop)
+        llm = load_llm(model, dtype, device, speculative)
+        if chat or system:
+            steps = llm.chat_stream([{"role": "user", "content": text}], params, system=system)
+        else:
+            steps = llm.stream(text, params)
+        _print_stream(steps, stats)
+    except HastelmError as exc:
+        fail(str(exc))
+
+
+def _print_stream(steps, stats: bool) -> None:
+    import time
+
+    n = drafts = accepted = 0
+    t0 = time.perf_counter()
+    first = None
+    for r in steps:
+        sys.stdout.write(r.text)
+        sys.stdout.flush()
+        n += len(r.tokens)
+        accepted += r.accepted
+        drafts += 1
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    sys.stdout.write("\n")
+    if stats and first is not None:
+        rate = (n - 1) / (end - first) if n > 1 and end > first else 0.0
+        err.print(f"[dim]{n} tokens, first after {first - t0:.2f}s, {rate:.1f} tokens/s, "
+                  f"{n / max(drafts, 1):.2f} tokens/step[/]", highlight=False)
+
+
+@app.command("chat")
+def chat_cmd(
+    model: str = ModelOpt,
+    system: Optional[str] = typer.Option(None, "--system"),
+    max_tokens: int = typer.Option(512, "--max-tokens", "-n"),
+    temp: float = typer.Option(0.7, "--temp"),
+    top_k: int = typer.Option(40, "--top-k"),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    min_p: float = typer.Option(0.05, "--min-p"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    speculative: Optional[str] = SpecOpt,
+    dtype: str = typer.Option("auto", "--dtype"),
+) -> None:
+    """Interactive streaming conversation (empty line or Ctrl-D to quit; /reset clears history)."""
+    try:
+        params = sampling_params(max_tokens, temp, top_k, top_p, min_p, seed)
+        llm = load_llm(model, dtype, speculative=speculative)
+    except HastelmError as exc:
+        fail(str(exc))
+    history: list[dict[str, str]] = []
+    err.print(f"[dim]chatting with {model}; empty line to quit, /reset to start over[/]")
+    while True:
+        try:
+            line = input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line.strip():
+            break
+        if line.strip() == "/reset":
+            history.clear()
+            continue
+        history.append({"role": "user", "content": line})
+        reply = []
+        try:
+            for r in llm.chat_stream(history, params, system=system):
+                sys.stdout.write(r.text)
+                sys.stdout.flush()
+                reply.append(r.text)
+        except HastelmError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            history.pop()
+            continue
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+@app.command()
+def models() -> None:
+    """List model aliases and where their files are."""
+    table = Table("alias", "description", "file")
+    for name, alias in ALIASES.items():
+        table.add_row(name, alias.description, alias_location(name))
+    Console().print(table)
+
+
+def _register_optional_commands() -> None:
+    from .bench.cli import bench_app
+    from .server.cli import serve
+
+    app.add_typer(bench_app, name="bench")
+    app.command("serve")(serve)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
