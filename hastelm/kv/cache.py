@@ -15,12 +15,16 @@ from ..errors import ContextOverflowError
 
 
 class KVCache:
+    ZERO_CHUNK = 256
     def __init__(self, num_layers: int, kv_heads: int, head_dim: int, capacity: int,
                  slots: int = 1, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:
         shape = (slots, capacity, kv_heads, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # torch.empty: pages become resident only when used, so a long context costs no memory
+        # until it is filled; regions are zeroed as slots grow (masked keys must not hold NaNs).
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.zeroed = [0] * slots
         self.positions = torch.full((slots, capacity), -1, dtype=torch.long, device=device)
         self.lengths = [0] * slots          # host-side: read on every step, so no device sync
         self.capacity = capacity
@@ -36,7 +40,15 @@ class KVCache:
         if start + n > self.capacity:
             raise ContextOverflowError(
                 f"context length exceeded: {start} cached + {n} new tokens > {self.capacity}")
+        if start + n > self.zeroed[slot]:
+            self._zero(slot, start + n)
         return start
+
+    def _zero(self, slot: int, end: int) -> None:
+        lo, hi = self.zeroed[slot], min(self.capacity, max(end, self.zeroed[slot] + self.ZERO_CHUNK))
+        for layer in self.keys + self.values:
+            layer[slot, lo:hi].zero_()
+        self.zeroed[slot] = hi
 
     def commit(self, slot: int, n: int) -> None:
         self.lengths[slot] += n
