@@ -46,6 +46,11 @@ def _linear(src: WeightSource, names: list[str], mode: str, device: torch.device
     return DenseLinear(weight.to(device, dt), None if bias is None else bias.to(device, dt))
 
 
+def _int8(src: WeightSource, name: str, chunk_rows: int = 4096) -> Int8Linear:
+    rows = src.shape(name)[0]
+    return Int8Linear.quantize(src.float(name, slice(lo, lo + chunk_rows)) for lo in range(0, rows, chunk_rows))
+
+
 def build_transformer(config: ModelConfig, src: WeightSource, mode: str = "fast",
                       device: torch.device | str = "cpu",
                       progress: Callable[[int, int], None] | None = None) -> Transformer:
@@ -91,12 +96,12 @@ def build_transformer(config: ModelConfig, src: WeightSource, mode: str = "fast"
             progress(i + 1, c.num_hidden_layers + 1)
     tied = c.tie_word_embeddings or not src.has("output.weight")
     fast_cpu = mode == "fast" and device.type == "cpu"
-    table = src.float("token_embd.weight")
-    # fast CPU mode: per-row int8 for the (usually Q8_0) embedding/output table, a third of bf16's bytes
-    embedding: nn.Module = Int8Linear(table) if fast_cpu else DenseLinear(table.to(device, dt))
+    # fast CPU mode: per-row int8 for the (usually Q8_0) embedding/output table, half of bf16's bytes
+    embedding: nn.Module = (_int8(src, "token_embd.weight") if fast_cpu
+                            else DenseLinear(src.float("token_embd.weight").to(device, dt)))
     lm_head = embedding if tied else _linear(src, ["output.weight"], mode, device, [None])
     if fast_cpu and isinstance(lm_head, DenseLinear):
-        lm_head = Int8Linear(lm_head.weight.float())
+        lm_head = _int8(src, "output.weight")
     model = Transformer(c, embedding, layers, norm("output_norm.weight"), lm_head, dt)
     if progress:
         progress(c.num_hidden_layers + 1, c.num_hidden_layers + 1)

@@ -12,6 +12,7 @@ from ..formats.gguf_file import open_gguf
 from ..formats.tokenizer import Tokenizer
 from .build import build_transformer
 from .config import ModelConfig
+from .memory import prefer_mmap_for_large_buffers, release_free_memory
 from .registry import resolve_model
 from .transformer import Transformer
 from .weights import GGUFWeights, SafetensorsWeights, WeightSource
@@ -41,7 +42,10 @@ def read_model_files(path: Path) -> tuple[ModelConfig, WeightSource, Tokenizer]:
 
 def load_model(model: str | Path, mode: str = "fast", device: str | torch.device = "cpu",
                progress: Callable[[int, int], None] | None = None) -> LoadedModel:
+    prefer_mmap_for_large_buffers()
     path = resolve_model(model)
     config, source, tokenizer = read_model_files(path)
     transformer = build_transformer(config, source, mode, device, progress)
+    del source     # unmaps the file: its pages no longer count as resident
+    release_free_memory()
     return LoadedModel(transformer, tokenizer, config, path, str(model))

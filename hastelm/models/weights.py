@@ -19,7 +19,8 @@ class WeightSource(Protocol):
     norms_store_offset: bool     # gemma norms stored as w (multiply by 1 + w) rather than 1 + w
 
     def has(self, name: str) -> bool: ...
-    def float(self, name: str) -> torch.Tensor: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def float(self, name: str, rows: slice | None = None) -> torch.Tensor: ...
     def int4(self, name: str) -> Int4Groups | None: ...
 
 
@@ -39,10 +40,17 @@ class GGUFWeights:
         except KeyError:
             raise ModelLoadError(f"{self.file.path} lacks tensor {name!r}") from None
 
-    def float(self, name: str) -> torch.Tensor:
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._get(name).shape
+
+    def float(self, name: str, rows: slice | None = None) -> torch.Tensor:
         t = self._get(name)
+        data, shape = t.data, t.shape
+        if rows is not None:   # quantized rows are whole blocks, so a row range is a byte range
+            data = data[rows]
+            shape = (data.shape[0], *shape[1:])
         try:
-            return dequantize(t.data, t.ggml_type, t.shape)
+            return dequantize(data, t.ggml_type, shape)
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"corrupt tensor {name!r} in {self.file.path}: {exc}") from None
 
@@ -102,11 +110,21 @@ class SafetensorsWeights:
         except KeyError:
             return False
 
-    def float(self, name: str) -> torch.Tensor:
+    def _handle(self, name: str) -> tuple[str, object]:
         hf = self._hf_name(name)
         if hf not in self._where:
             raise ModelLoadError(f"safetensors folder lacks tensor {hf!r}")
-        return self._where[hf].get_tensor(hf).float()  # type: ignore[attr-defined]
+        return hf, self._where[hf]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        hf, handle = self._handle(name)
+        return tuple(handle.get_slice(hf).get_shape())  # type: ignore[attr-defined]
+
+    def float(self, name: str, rows: slice | None = None) -> torch.Tensor:
+        hf, handle = self._handle(name)
+        if rows is None:
+            return handle.get_tensor(hf).float()  # type: ignore[attr-defined]
+        return handle.get_slice(hf)[rows].float()  # type: ignore[attr-defined]
 
     def int4(self, name: str) -> Int4Groups | None:
         return None

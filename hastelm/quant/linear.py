@@ -7,6 +7,8 @@ prefill-sized inputs the weight is unpacked to bf16 on the fly and a dense GEMM 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,14 +76,23 @@ class Int8Linear(nn.Module):
     """Int8 weight with one scale per output row (`_weight_int8pack_mm`); also serves as the
     embedding table when input and output embeddings are tied."""
 
-    def __init__(self, weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
-        scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-        q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
         self.register_buffer("q", q, persistent=False)
         self.register_buffer("scale", scale.to(dtype), persistent=False)
         self.dtype = dtype
-        self.out_features = weight.shape[0]
+        self.out_features = q.shape[0]
+
+    @classmethod
+    def quantize(cls, chunks: Iterable[torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> "Int8Linear":
+        """Symmetric per-row int8 from float row chunks (chunked so a 262k-row table never
+        exists in float32 all at once)."""
+        qs, scales = [], []
+        for w in chunks:
+            scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+            qs.append(torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8))
+            scales.append(scale)
+        return cls(torch.cat(qs), torch.cat(scales), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
