@@ -76,15 +76,18 @@ class Int8Linear(nn.Module):
     """Int8 weight with one scale per output row (`_weight_int8pack_mm`); also serves as the
     embedding table when input and output embeddings are tied."""
 
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
+                 bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("q", q, persistent=False)
         self.register_buffer("scale", scale.to(dtype), persistent=False)
+        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
         self.dtype = dtype
         self.out_features = q.shape[0]
 
     @classmethod
-    def quantize(cls, chunks: Iterable[torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> "Int8Linear":
+    def quantize(cls, chunks: Iterable[torch.Tensor], dtype: torch.dtype = torch.bfloat16,
+                 bias: torch.Tensor | None = None) -> "Int8Linear":
         """Symmetric per-row int8 from float row chunks (chunked so a 262k-row table never
         exists in float32 all at once)."""
         qs, scales = [], []
@@ -92,12 +95,13 @@ class Int8Linear(nn.Module):
             scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
             qs.append(torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8))
             scales.append(scale)
-        return cls(torch.cat(qs), torch.cat(scales), dtype)
+        return cls(torch.cat(qs), torch.cat(scales), dtype, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(self.dtype), self.q, self.scale)
-        return out.view(*shape[:-1], self.out_features)
+        out = out.view(*shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
 
     def rows(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.embedding(tokens, self.q).to(self.dtype) * F.embedding(tokens, self.scale[:, None])
