@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize as ref_dequantize
 
 from hastelm.errors import ModelLoadError, UnsupportedError
+from hastelm.formats.gguf_file import open_gguf
 from hastelm.quant import ggml_blocks
 from hastelm.quant.ggml_blocks import dequantize, int4_groups, int4_matmul, pack_int4_for_cpu
 
@@ -71,74 +71,12 @@ def assert_identical(a: torch.Tensor, b: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------- real files
 
 
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
 def read_gguf_tensors(path: Path) -> dict[str, tuple[T, tuple[int, ...], np.ndarray]]:
-    """name -> (type, torch-order shape, raw uint8 [rows, bytes_per_row] memmap).
-
-    A minimal header walk: GGUFReader parses every tokenizer string into numpy views and
-    takes ~13 s on Gemma 3's 262k vocabulary, which would blow this file's time budget.
-    """
-    buf = np.memmap(path, dtype=np.uint8, mode="r")
-    pos = 0
-
-    def take(fmt: str) -> tuple:
-        nonlocal pos
-        vals = struct.unpack_from("<" + fmt, buf, pos)
-        pos += struct.calcsize("<" + fmt)
-        return vals
-
-    def read_str() -> str:
-        nonlocal pos
-        (n,) = take("Q")
-        s = bytes(buf[pos : pos + n]).decode("utf-8")
-        pos += n
-        return s
-
-    def skip_value(vtype: int) -> None:
-        nonlocal pos
-        if vtype == 8:  # string
-            (n,) = take("Q")
-            pos += n
-        elif vtype == 9:  # array
-            etype, count = take("IQ")
-            if etype in _SCALAR_SIZES:
-                pos += count * _SCALAR_SIZES[etype]
-            else:
-                for _ in range(count):
-                    skip_value(etype)
-        else:
-            pos += _SCALAR_SIZES[vtype]
-
-    magic, version, n_tensors, n_kv = take("4sIQQ")
-    assert magic == b"GGUF" and version >= 2
-    alignment = 32
-    for _ in range(n_kv):
-        key = read_str()
-        (vtype,) = take("I")
-        if key == "general.alignment" and vtype == 4:
-            (alignment,) = take("I")
-        else:
-            skip_value(vtype)
-    infos = []
-    for _ in range(n_tensors):
-        name = read_str()
-        (n_dims,) = take("I")
-        dims = take(f"{n_dims}Q")
-        ggml_type, offset = take("IQ")
-        infos.append((name, T(ggml_type), tuple(reversed(dims)), offset))
-    start = -(-pos // alignment) * alignment
+    """name -> (type, torch-order shape, raw uint8 [rows, bytes_per_row] memmap), via open_gguf."""
     out: dict[str, tuple[T, tuple[int, ...], np.ndarray]] = {}
-    end = start
-    for name, ggml_type, shape, offset in infos:
-        block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-        rows, row_bytes = math.prod(shape[:-1]), shape[-1] // block_size * type_size
-        a = start + offset
-        out[name] = (ggml_type, shape, buf[a : a + rows * row_bytes].reshape(rows, row_bytes))
-        end = max(end, a + rows * row_bytes)
-    # Sanity check of the walk: the last tensor's data ends at the end of the file.
-    assert end <= buf.size < end + alignment
+    for name, t in open_gguf(path).tensors.items():
+        rows = math.prod(t.shape[:-1])
+        out[name] = (T(t.ggml_type), t.shape, t.data.view(np.uint8).reshape(rows, -1))
     return out
 
 
