@@ -70,7 +70,7 @@ class Sampler:
     def process(self, logits: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
         """Penalised, temperature-scaled and truncated logits (float32 `[V]`); -inf = excluded."""
         p = self.params
-        logits = logits.float()
+        logits = logits.float().cpu()   # the generator lives on the CPU, whatever the model's device
         if p.has_penalties and history:
             logits = self._penalize(logits.clone(), history)
         if p.greedy:
