@@ -13,6 +13,18 @@ _HF_ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2Fo
             "Gemma3ForCausalLM": "gemma3"}
 
 
+def _hf_rope(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    """RoPE fields from transformers 4 names (rope_theta, rope_scaling, rope_local_base_freq) or
+    transformers 5's `rope_parameters` (one dict, or one per layer type as gemma3 saves it)."""
+    params = cfg.get("rope_parameters") or {}
+    full = params.get("full_attention", params)
+    local = params.get("sliding_attention", {})
+    scaling = full if full.get("rope_type", "default") != "default" else cfg.get("rope_scaling")
+    local_default = 10000.0 if arch == "gemma3" else None
+    return {"rope_theta": full.get("rope_theta", cfg.get("rope_theta", 10000.0)), "rope_scaling": scaling,
+            "rope_local_base_freq": local.get("rope_theta", cfg.get("rope_local_base_freq", local_default))}
+
+
 @dataclass
 class ModelConfig:
     architecture: str
@@ -84,9 +96,7 @@ class ModelConfig:
             intermediate_size=cfg["intermediate_size"], num_hidden_layers=n_layers,
             num_attention_heads=n_heads, num_key_value_heads=cfg.get("num_key_value_heads", n_heads),
             head_dim=head_dim, rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=cfg.get("rope_theta", 10000.0),
-            rope_local_base_freq=cfg.get("rope_local_base_freq", 10000.0 if arch == "gemma3" else None),
-            rope_scaling=cfg.get("rope_scaling"),
+            **_hf_rope(cfg, arch),
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             tie_word_embeddings=cfg.get("tie_word_embeddings", arch == "gemma3"),
             attention_bias=cfg.get("attention_bias", arch == "qwen2"),
