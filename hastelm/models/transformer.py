@@ -69,6 +69,7 @@ class Transformer(nn.Module):
     def _rope(self, local: bool, max_pos: int) -> torch.Tensor:
         # tables grow on demand so a short chat never builds a 128k-entry table
         c = self.config
+        local = local and c.rope_local_base_freq is not None   # mistral: one RoPE for all layers
         cur = self._rope_local if local else self._rope_global
         if cur is None or cur.shape[0] < max_pos:
             size = max(2048, 1 << (max_pos - 1).bit_length())
