@@ -46,10 +46,22 @@ class GGUFFile:
     path: Path
     metadata: dict[str, Any]
     tensors: dict[str, GGUFTensor]
+    mapped: np.memmap | None = None
 
     @property
     def architecture(self) -> str:
         return str(self.metadata.get("general.architecture", ""))
+
+    def release(self, name: str, rows: slice | None = None) -> None:
+        """Drop a converted tensor's (or row range's) file pages from the resident set (they would
+        otherwise count towards peak RSS until the whole file is unmapped)."""
+        mm = getattr(self.mapped, "_mmap", None)
+        if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        data = self.tensors[name].data if rows is None else self.tensors[name].data[rows]
+        start = data.__array_interface__["data"][0] - self.mapped.__array_interface__["data"][0]
+        lo = start // mmap.PAGESIZE * mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, lo, start + data.nbytes - lo)
 
 
 class _Corrupt(Exception):
@@ -215,4 +227,4 @@ def open_gguf(path: str | Path) -> GGUFFile:
         raise ModelLoadError(f"corrupt GGUF file {path}: {exc}") from None
     finally:
         buf.close()
-    return GGUFFile(path, metadata, tensors)
+    return GGUFFile(path, metadata, tensors, mapped)

@@ -44,14 +44,15 @@ def _linear(src: WeightSource, names: list[str], mode: str, device: torch.device
     weight = torch.cat([w if r is None else w[r] for w, r in zip(ws, perms)])
     if mode == "fast" and device.type == "cpu":
         # other GGUF types (Q5_0, Q6_K, Q8_0, ...) as per-row int8: a bf16 GEMV is ~5x slower here
-        return Int8Linear.quantize([weight], bias=bias)
+        return Int8Linear.quantize(weight.shape, [weight], bias=bias)
     dt = _dtype(mode)
     return DenseLinear(weight.to(device, dt), None if bias is None else bias.to(device, dt))
 
 
-def _int8(src: WeightSource, name: str, chunk_rows: int = 4096) -> Int8Linear:
-    rows = src.shape(name)[0]
-    return Int8Linear.quantize(src.float(name, slice(lo, lo + chunk_rows)) for lo in range(0, rows, chunk_rows))
+def _int8(src: WeightSource, name: str, chunk_rows: int = 2048) -> Int8Linear:
+    shape = src.shape(name)
+    chunks = (src.float(name, slice(lo, lo + chunk_rows)) for lo in range(0, shape[0], chunk_rows))
+    return Int8Linear.quantize(shape, chunks)
 
 
 def build_transformer(config: ModelConfig, src: WeightSource, mode: str = "fast",

@@ -50,13 +50,18 @@ class GGUFWeights:
             data = data[rows]
             shape = (data.shape[0], *shape[1:])
         try:
-            return dequantize(data, t.ggml_type, shape)
+            out = dequantize(data, t.ggml_type, shape)
+            self.file.release(name, rows)
+            return out
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"corrupt tensor {name!r} in {self.file.path}: {exc}") from None
 
     def int4(self, name: str) -> Int4Groups | None:
         t = self._get(name)
-        return int4_groups(t.data, t.ggml_type, t.shape)
+        groups = int4_groups(t.data, t.ggml_type, t.shape)
+        if groups is not None:
+            self.file.release(name)
+        return groups
 
 
 _HF_NAMES = {

@@ -86,16 +86,20 @@ class Int8Linear(nn.Module):
         self.out_features = q.shape[0]
 
     @classmethod
-    def quantize(cls, chunks: Iterable[torch.Tensor], dtype: torch.dtype = torch.bfloat16,
+    def quantize(cls, shape: tuple[int, int], chunks: Iterable[torch.Tensor], dtype: torch.dtype = torch.bfloat16,
                  bias: torch.Tensor | None = None) -> "Int8Linear":
-        """Symmetric per-row int8 from float row chunks (chunked so a 262k-row table never
-        exists in float32 all at once)."""
-        qs, scales = [], []
+        """Symmetric per-row int8 from consecutive float row chunks, written in place so a
+        262k-row table never exists in float32 (or twice in int8) at once."""
+        q = torch.empty(shape, dtype=torch.int8)
+        scale = torch.empty(shape[0], dtype=torch.float32)
+        row = 0
         for w in chunks:
-            scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-            qs.append(torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8))
-            scales.append(scale)
-        return cls(torch.cat(qs), torch.cat(scales), dtype, bias)
+            n = w.shape[0]
+            s = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+            q[row:row + n] = torch.round(w / s[:, None]).clamp_(-127, 127)
+            scale[row:row + n] = s
+            row += n
+        return cls(q, scale, dtype, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
