@@ -1,8 +1,21 @@
 """hastelm: a PyTorch LLM inference engine with the published decoding accelerations built in."""
-from .decoding.sampling import SamplingParams
-from .decoding.step import Completion, StepResult
-from .engine import LLM
-from .errors import HastelmError
+from __future__ import annotations
 
-__all__ = ["LLM", "SamplingParams", "Completion", "StepResult", "HastelmError"]
+from importlib import import_module
+from typing import Any
+
+# Imported on first use, so torch-free tools (the CLI's help, the benchmark's peer processes,
+# whose peak memory must not include torch) can import hastelm submodules cheaply.
+_EXPORTS = {"LLM": ".engine", "SamplingParams": ".decoding.sampling", "Completion": ".decoding.step",
+            "StepResult": ".decoding.step", "HastelmError": ".errors"}
+
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hastelm' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
