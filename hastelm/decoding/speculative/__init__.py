@@ -1,0 +1,62 @@
+"""Lossless speculative decoding: proposers build draft trees, the target verifies a tree in one
+forward, an acceptance rule keeps exactly what plain decoding would produce, and a controller
+decides from measured costs and acceptance how much to verify, or to decode plainly.
+
+Names accepted by `make_strategy` (and `LLM(speculative=...)`, `--speculative`):
+
+    pld              prompt lookup / n-gram drafts from the prompt and output
+    recycling[:FILE] Token Recycling; with FILE, its matrix is loaded from and saved to FILE
+    lookahead        Jacobi window + n-gram pool
+    layerskip        the target with some layers skipped drafts for itself
+    draft:MODEL      a smaller model with the same tokenizer (alias, .gguf or HF folder)
+    auto             pld + recycling + lookahead, the controller picks per step
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import InvalidParameterError
+from .controller import Controller
+from .proposers.base import Proposer
+from .strategy import SpeculativeDecoding
+
+NAMES = ("pld", "recycling", "lookahead", "layerskip", "draft:MODEL", "auto")
+
+
+def make_proposer(name: str, llm: Any) -> Proposer:
+    kind, _, arg = name.partition(":")
+    if kind == "pld" and not arg:
+        from .proposers.pld import PromptLookup
+        return PromptLookup()
+    if kind == "recycling":
+        from .proposers.recycling import TokenRecycling
+        return TokenRecycling(llm.config.vocab_size, path=arg or None)
+    if kind == "lookahead" and not arg:
+        from .proposers.lookahead import Lookahead
+        return Lookahead()
+    if kind == "layerskip" and not arg:
+        from .proposers.layerskip import LayerSkip
+        return LayerSkip(llm.model, llm.tokenizer)
+    if kind == "draft":
+        return _draft_model(arg, llm)
+    raise InvalidParameterError(f"unknown speculative method {name!r} (choose {', '.join(NAMES)})")
+
+
+def _draft_model(arg: str, llm: Any) -> Proposer:
+    from ...models.loader import load_model
+    from .proposers.draft_model import DraftModel, check_compatible
+
+    if not arg:
+        raise InvalidParameterError("draft needs a model: draft:MODEL (alias, .gguf file or folder)")
+    loaded = load_model(arg, llm.mode, llm.device)
+    check_compatible(llm.tokenizer, llm.config.vocab_size, loaded.tokenizer, loaded.config.vocab_size, arg)
+    return DraftModel(loaded.model)
+
+
+def make_strategy(name: str, llm: Any, controller: Controller | None = None) -> SpeculativeDecoding:
+    """The decoding strategy for a speculative method name (see the module docstring)."""
+    names = ["pld", "recycling", "lookahead"] if name == "auto" else [name]
+    return SpeculativeDecoding(name, [make_proposer(n, llm) for n in names], controller)
+
+
+__all__ = ["make_strategy", "make_proposer", "SpeculativeDecoding", "Controller", "NAMES"]

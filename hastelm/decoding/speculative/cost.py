@@ -1,0 +1,96 @@
+"""What a forward over T tokens costs on this machine, measured rather than assumed.
+
+On a 2-core CPU a forward over 8 tokens may cost several 1-token forwards (matmul kernels that
+scale with rows); on a GPU, or with a kernel that reuses each weight for many rows, 16 tokens cost
+barely more than 1. The controller needs the real curve, so it is measured once per model on first
+use (a few forwards appended to the live cache and trimmed again), then tracked as steps run, so
+it follows the machine's load.
+"""
+from __future__ import annotations
+
+import time
+import weakref
+
+import torch
+
+from ...kv.cache import KVCache
+from ...models.transformer import Transformer
+
+POINTS = (1, 2, 4, 8, 16, 32, 64)
+REPEATS = 3
+STEEP = 6.0             # stop measuring once a forward costs this many 1-token forwards: never pays
+TRACK_RATE = 0.05       # weight of one observed step in the running cost
+
+
+class CostModel:
+    def __init__(self, seconds: dict[int, float]) -> None:
+        self.points = sorted(seconds)
+        self.seconds = dict(seconds)
+
+    def forward(self, tokens: int) -> float:
+        """Seconds for one forward over `tokens` new tokens (interpolated between measured points)."""
+        pts = self.points
+        if tokens <= pts[0]:
+            return self.seconds[pts[0]]
+        for lo, hi in zip(pts, pts[1:]):
+            if tokens <= hi:
+                w = (tokens - lo) / (hi - lo)
+                return (1 - w) * self.seconds[lo] + w * self.seconds[hi]
+        if len(pts) == 1:      # nothing measured beyond: assume cost grows with tokens
+            return self.seconds[pts[0]] * tokens / pts[0]
+        lo, hi = pts[-2], pts[-1]
+        slope = (self.seconds[hi] - self.seconds[lo]) / (hi - lo)
+        return self.seconds[hi] + slope * (tokens - hi)
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """Track a measured step: move the nearest measured point towards what it implies."""
+        predicted = self.forward(tokens)
+        if predicted <= 0:
+            return
+        ratio = min(max(seconds / predicted, 0.33), 3.0)     # one stalled step must not dominate
+        near = min(self.points, key=lambda p: abs(p - tokens))
+        self.seconds[near] *= ratio ** TRACK_RATE
+
+
+_MODELS: weakref.WeakKeyDictionary[Transformer, CostModel] = weakref.WeakKeyDictionary()
+
+
+def cost_model(model: Transformer, cache: KVCache, slot: int, max_tokens: int) -> CostModel:
+    """The model's cost curve, measured on first use (shared by every strategy on the model)."""
+    if model not in _MODELS:
+        _MODELS[model] = measure(model, cache, slot, max_tokens)
+    return _MODELS[model]
+
+
+def measure(model: Transformer, cache: KVCache, slot: int, max_tokens: int) -> CostModel:
+    """Time forwards of T tokens after the slot's cached prefix, then trim them away."""
+    room = cache.capacity - cache.length(slot)
+    points = [t for t in POINTS if t <= min(max_tokens, room)] or [1]
+    base = cache.length(slot)
+    dev = model.device
+    seconds: dict[int, float] = {}
+    for t in points:
+        tokens = torch.zeros(1, t, dtype=torch.long, device=dev)
+        positions = torch.arange(base, base + t, device=dev)[None]
+        mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril() if t > 1 else None
+        best = float("inf")
+        for _ in range(REPEATS + 1):          # the first run warms caches and allocators
+            _sync(dev)
+            t0 = time.perf_counter()
+            model(tokens, positions, cache, slots=[slot], tree_mask=mask)
+            _sync(dev)
+            best = min(best, time.perf_counter() - t0)
+            cache.trim(t, slot)
+        seconds[t] = best
+        if best > STEEP * seconds[points[0]]:
+            break
+    # a bigger forward never costs less than a smaller one; noise can say otherwise
+    measured = sorted(seconds)
+    for lo, hi in zip(measured, measured[1:]):
+        seconds[hi] = max(seconds[hi], seconds[lo])
+    return CostModel(seconds)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

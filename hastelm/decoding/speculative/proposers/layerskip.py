@@ -1,0 +1,123 @@
+"""Self-speculative decoding by layer skipping (Zhang et al., 2024, "Draft & Verify"; Elhoushi et
+al., 2024, "LayerSkip"): the draft is the target itself with some layers skipped, so there are no
+extra weights and the draft shares the target's KV cache (drafted entries are trimmed before the
+verification forward rewrites them with every layer).
+
+A short calibration at load picks the layers: teacher-forced on a fixed text, each layer's
+removal is scored by how often the next-token argmax still agrees with the full model; the least
+important layers are dropped in growing numbers, and the set with the best predicted speedup
+(agreement as the acceptance rate, measured draft time against a full forward) is kept.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ....formats.tokenizer import Tokenizer
+from ....models.transformer import Transformer
+from ...sequence import Sequence
+from ..tree import DraftTree
+from .base import Budget, Feedback
+from .chain import draft_chain
+
+CALIBRATION_TEXT = (
+    "def moving_average(values, window):\n"
+    "    \"\"\"Return the averages of each run of `window` consecutive values.\"\"\"\n"
+    "    if window <= 0:\n        raise ValueError(\"window must be positive\")\n"
+    "    return [sum(values[i:i + window]) / window for i in range(len(values) - window + 1)]\n\n"
+    "The river rises in the hills north of the town and flows south through farmland before it "
+    "reaches the sea. In spring the water is high and fast; by late summer it is shallow enough "
+    "to cross on foot. Question: where does the river reach the sea? Answer: south of the town."
+)
+SKIP_COUNTS = (1, 2, 3, 4, 6, 8, 10, 12)
+
+
+def _agreement(model: Transformer, tokens: torch.Tensor, reference: torch.Tensor,
+               layers: list[int] | None) -> float:
+    cache = model.new_cache(tokens.shape[1] + 1)
+    positions = torch.arange(tokens.shape[1], device=model.device)[None]
+    guess = model(tokens, positions, cache, layers=layers)[0].argmax(-1)
+    return float((guess == reference).float().mean())
+
+
+def _step_seconds(model: Transformer, layers: list[int] | None, repeats: int = 3) -> float:
+    cache = model.new_cache(8)
+    tok = torch.zeros(1, 1, dtype=torch.long, device=model.device)
+    best = float("inf")
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        model(tok, torch.tensor([[i]], device=model.device), cache, layers=layers)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _predicted_speedup(alpha: float, draft_ratio: float, max_len: int = 8) -> float:
+    """Best chain length's tokens per unit time, taking a verification forward as one forward."""
+    best = 0.0
+    for k in range(1, max_len + 1):
+        tokens = sum(alpha ** i for i in range(k + 1))
+        best = max(best, tokens / (1 + k * draft_ratio))
+    return best
+
+
+def calibrate(model: Transformer, tokenizer: Tokenizer, text: str = CALIBRATION_TEXT) -> tuple[list[int], float]:
+    """Layers to run when drafting, and their measured agreement with the full model."""
+    n = len(model.layers)
+    ids = tokenizer.encode(text)[:96]
+    tokens = torch.tensor([ids], device=model.device)
+    reference = model(tokens, torch.arange(len(ids), device=model.device)[None],
+                      model.new_cache(len(ids) + 1))[0].argmax(-1)
+    # the first and last layers stay: skipping them wrecks every model we tried
+    scores = {i: _agreement(model, tokens, reference, [j for j in range(n) if j != i]) for i in range(1, n - 1)}
+    order = sorted(scores, key=lambda i: -scores[i])
+    full_s = _step_seconds(model, None)
+    best: tuple[float, list[int], float] = (0.0, list(range(n)), 1.0)
+    for count in SKIP_COUNTS:
+        if count > len(order):
+            break
+        skip = set(order[:count])
+        layers = [j for j in range(n) if j not in skip]
+        alpha = _agreement(model, tokens, reference, layers)
+        speedup = _predicted_speedup(alpha, _step_seconds(model, layers) / full_s)
+        if speedup > best[0]:
+            best = (speedup, layers, alpha)
+    return best[1], best[2]
+
+
+class LayerSkip:
+    name = "layerskip"
+    free = False
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, layers: list[int] | None = None) -> None:
+        self.model = model
+        if layers is None:
+            layers, self.prior_alpha = calibrate(model, tokenizer)
+        else:
+            self.prior_alpha = 0.5
+        self.layers = layers
+
+    def propose(self, seq: Sequence, budget: Budget) -> DraftTree | None:
+        cache, model = budget.cache, self.model
+        if cache is None or budget.nodes <= 0 or budget.depth <= 0:
+            return None
+        length = min(budget.nodes, budget.depth)
+        base = cache.length(seq.slot)
+        root = len(seq.ids) - 1
+        dev = model.device
+
+        def run(tok: int, pos: int) -> torch.Tensor:
+            return model(torch.tensor([[tok]], device=dev), torch.tensor([[pos]], device=dev), cache,
+                         slots=[seq.slot], layers=self.layers)[0, -1]
+
+        try:
+            tree = draft_chain(seq, length, run(seq.pending, root), lambda tok, i: run(tok, root + 1 + i))
+        finally:
+            cache.trim(cache.length(seq.slot) - base, seq.slot)   # the verifier rewrites them fully
+        return tree
+
+    def update(self, seq: Sequence, feedback: Feedback) -> None:
+        """Nothing to learn per step; acceptance is tracked by the controller."""
+
+    def release(self, seq: Sequence) -> None:
+        """Nothing kept per request."""

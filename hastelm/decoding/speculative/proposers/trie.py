@@ -1,0 +1,30 @@
+"""Merge candidate continuations into one draft tree (shared prefixes become shared nodes)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..tree import DraftTree
+
+
+def trie_tree(candidates: Iterable[list[int]], max_nodes: int, max_depth: int, kind: str = "") -> DraftTree:
+    """Insert candidates best first; node order keeps a better candidate's nodes before a worse
+    one's, so verifying a prefix of the node list verifies the best candidates."""
+    tokens: list[int] = []
+    parents: list[int] = []
+    children: list[dict[int, int]] = [{}]
+    for cand in candidates:
+        node = 0
+        for tok in cand[:max_depth]:
+            nxt = children[node].get(tok)
+            if nxt is None:
+                if len(tokens) >= max_nodes:
+                    break
+                tokens.append(tok)
+                parents.append(node)
+                children.append({})
+                nxt = len(tokens)
+                children[node][tok] = nxt
+            node = nxt
+        if len(tokens) >= max_nodes:
+            break
+    return DraftTree(tokens, parents, kind=kind)
