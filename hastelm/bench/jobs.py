@@ -1,0 +1,65 @@
+"""Plan the benchmark's jobs (one process each) and run them under one progress display."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .engines import PEER_METHODS
+from .memory import BenchError, run_isolated
+
+
+@dataclass
+class Settings:
+    model: Path
+    engines: list[str]
+    threads: int
+    dtype: str
+    context: int
+
+
+def core_jobs(s: Settings, prompt_tokens: int, gen_tokens: int, reps: int) -> list[dict[str, Any]]:
+    tests = [("pp", prompt_tokens), ("tg", gen_tokens)]
+    return [_job(s, engine, "plain", kind="core", test=test, n=n, reps=reps,
+                 context=max(s.context, prompt_tokens + gen_tokens + 16))
+            for engine in s.engines for test, n in tests if n > 0]
+
+
+def workload_jobs(s: Settings, workload: str, methods: list[str], limit: int,
+                  peer_limit: int | None, max_tokens: int) -> list[dict[str, Any]]:
+    common = {"kind": "workload", "workload": workload, "max_tokens": max_tokens}
+    jobs = [_job(s, "hastelm", m, limit=limit, **common) for m in ["plain", *methods]] if "hastelm" in s.engines else []
+    peers_limit = min(limit, peer_limit) if peer_limit else limit
+    for engine in s.engines:
+        for method in PEER_METHODS.get(engine, ()):
+            jobs.append(_job(s, engine, method, limit=peers_limit, **common))
+    return jobs
+
+
+def _job(s: Settings, engine: str, method: str, **extra: Any) -> dict[str, Any]:
+    job = {"engine": engine, "method": method, "model": str(s.model), "threads": s.threads,
+           "dtype": s.dtype, "context": s.context}
+    return {**job, **extra}
+
+
+def run_jobs(jobs: list[dict[str, Any]], console: Console) -> list[dict[str, Any]]:
+    """Run each job in its own process. A failing peer is reported and skipped; hastelm failing
+    ends the benchmark with its one-line error."""
+    results = []
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        for job in jobs:
+            name = f"{job['engine']} {job['method']} {job.get('test', '')}{job.get('n', '')}".strip()
+            task = progress.add_task(name, total=None)
+            try:
+                result = run_isolated(job, lambda done, total: progress.update(task, completed=done, total=total))
+            except BenchError as exc:
+                if job["engine"] == "hastelm":
+                    raise
+                progress.console.print(f"[yellow]skipped[/] {exc}", highlight=False)
+                continue
+            results.append({**result, **{k: job[k] for k in ("workload",) if k in job}})
+    return results

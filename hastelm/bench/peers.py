@@ -1,0 +1,86 @@
+"""Adapters for the tools people would use instead: transformers and llama-cpp-python.
+
+Both load the same model file as hastelm and implement `engines.Engine`. Their libraries are
+imported inside the constructors, so the process that measures one never loads the other.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .engines import Generation
+
+PLD_TOKENS = 10      # draft length of both peers' prompt lookup, transformers' documented example
+
+
+class TransformersEngine:
+    """transformers' own model classes on the GGUF file, dequantized to float32 (its GGUF path)."""
+    engine = "transformers"
+    dtype = "float32"
+
+    def __init__(self, model: Path, method: str, threads: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.torch, self.method = torch, method
+        source = {"pretrained_model_name_or_path": str(model)} if model.is_dir() else {
+            "pretrained_model_name_or_path": str(model.parent), "gguf_file": model.name}
+        self.model = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.float32).eval()
+        self.vocab_size = self.model.config.vocab_size
+        self.bos_id = self.model.config.bos_token_id or 0
+
+    def prompt_eval(self, ids: list[int]) -> None:
+        with self.torch.inference_mode():
+            # logits for the last position only, as generate() asks for during prefill
+            self.model(self.torch.tensor([ids]), logits_to_keep=1)
+
+    def generate(self, ids: list[int], max_tokens: int, stop_ids: set[int]) -> Generation:
+        extra = {"prompt_lookup_num_tokens": PLD_TOKENS} if self.method == "pld" else {}
+        stops = sorted(stop_ids) or None
+        t = time.perf_counter()
+        with self.torch.inference_mode():
+            out = self.model.generate(self.torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False,
+                                      min_new_tokens=0 if stops else max_tokens, eos_token_id=stops,
+                                      pad_token_id=self.bos_id, **extra)
+        seconds = time.perf_counter() - t
+        return Generation(_until_stop(out[0, len(ids):].tolist(), stop_ids), seconds)
+
+
+class LlamaCppEngine:
+    """llama-cpp-python on the GGUF file; `pld` passes its prompt-lookup draft as `draft_model`."""
+    engine = "llama.cpp"
+
+    def __init__(self, model: Path, method: str, threads: int, context: int) -> None:
+        import llama_cpp
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        self.method = method
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=PLD_TOKENS) if method == "pld" else None
+        self.llm = llama_cpp.Llama(str(model), n_threads=threads, n_threads_batch=threads, n_ctx=context,
+                                   n_batch=512, draft_model=draft, verbose=False)
+        self.vocab_size = self.llm.n_vocab()
+        self.bos_id = self.llm.token_bos()
+        self.dtype = "GGUF native"   # its own kernels on the quantized blocks
+
+    def prompt_eval(self, ids: list[int]) -> None:
+        self.llm.reset()
+        self.llm.eval(ids)
+
+    def generate(self, ids: list[int], max_tokens: int, stop_ids: set[int]) -> Generation:
+        tokens: list[int] = []
+        t = time.perf_counter()
+        for tok in self.llm.generate(ids, temp=0.0, repeat_penalty=1.0):
+            if tok in stop_ids:
+                break
+            tokens.append(tok)
+            if len(tokens) >= max_tokens:
+                break
+        return Generation(tokens, time.perf_counter() - t)
+
+
+def _until_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
+    for i, tok in enumerate(tokens):
+        if tok in stop_ids:
+            return tokens[:i]
+    return tokens
