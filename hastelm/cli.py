@@ -18,7 +18,7 @@ err = Console(stderr=True)
 
 def fail(message: str) -> None:
     """One line naming the problem, non-zero exit, no traceback."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # never wrapped
     raise typer.Exit(2)
 
 
@@ -30,7 +30,7 @@ def load_llm(model: str, dtype: str = "auto", device: str = "auto", speculative:
     from .engine import LLM
 
     with Progress(TextColumn("loading {task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task(model, total=None)
 
         def report(done: int, total: int) -> None:
@@ -69,13 +69,14 @@ def generate(
     speculative: Optional[str] = SpecOpt,
     dtype: str = typer.Option("auto", "--dtype", help="auto|float32|bfloat16"),
     device: str = typer.Option("auto", "--device"),
+    ctx_size: Optional[int] = typer.Option(None, "-c", "--ctx-size", help="context length (default: the model's)"),
     stats: bool = typer.Option(True, "--stats/--no-stats", help="print speed on stderr"),
 ) -> None:
     """Complete one prompt, streaming the text to stdout."""
     try:
         text = sys.stdin.read() if prompt == "-" else prompt
         params = sampling_params(max_tokens, temp, top_k, top_p, min_p, seed, repeat_penalty, stop)
-        llm = load_llm(model, dtype, device, speculative)
+        llm = load_llm(model, dtype, device, speculative, ctx_size)
         if chat or system:
             steps = llm.chat_stream([{"role": "user", "content": text}], params, system=system)
         else:
