@@ -48,6 +48,8 @@ class LLM:
                  progress: Callable[[int, int], None] | None = None) -> None:
         self.device = resolve_device(device)
         self.mode = resolve_mode(dtype, self.device)
+        if context_length is not None and context_length < 1:
+            raise InvalidParameterError(f"context_length must be >= 1, got {context_length}")
         loaded = load_model(model, self.mode, self.device, progress)
         self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
         self.name, self.path = loaded.name, loaded.path
