@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..formats.gguf_file import GGUFFile
-from ..quant.ggml_blocks import dequantize, int4_groups
+from ..quant.ggml_blocks import check_supported, dequantize, int4_groups
 
 Int4Groups = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -27,6 +27,8 @@ class WeightSource(Protocol):
 class GGUFWeights:
     def __init__(self, gguf: GGUFFile) -> None:
         self.file = gguf
+        for t in gguf.tensors.values():   # fail before spending time converting the others
+            check_supported(t.ggml_type, f"{gguf.path}: tensor {t.name!r}")
         # llama.cpp's converter already permuted llama q/k into interleaved pairs; others are NeoX
         self.rotate_half_layout = gguf.architecture != "llama"
         self.norms_store_offset = False

@@ -211,6 +211,14 @@ def _type_name(ggml_type: int) -> str:
         return str(ggml_type)
 
 
+def check_supported(ggml_type: int, what: str = "tensor") -> None:
+    """Raise UnsupportedError unless `dequantize` decodes this GGUF tensor type."""
+    if ggml_type not in _FLOAT_TYPES and ggml_type not in _DEQUANT:
+        names = ", ".join(_type_name(t) for t in [*_FLOAT_TYPES, *_DEQUANT])
+        raise UnsupportedError(f"{what} has unsupported GGUF tensor type {_type_name(ggml_type)} "
+                               f"(hastelm decodes {names})")
+
+
 def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     cols = int(shape[-1]) if len(shape) else 1
     rows = math.prod(int(s) for s in shape[:-1])
@@ -264,9 +272,8 @@ def dequantize(data: np.ndarray | torch.Tensor, ggml_type: int, shape: tuple[int
     shape = tuple(int(s) for s in shape)
     if ggml_type in _FLOAT_TYPES:
         return _dequantize_float(data, ggml_type, shape)
-    fn = _DEQUANT.get(ggml_type)
-    if fn is None:
-        raise UnsupportedError(f"unsupported GGUF tensor type {_type_name(ggml_type)}")
+    check_supported(ggml_type)
+    fn = _DEQUANT[ggml_type]
     raw, rows, cols = _block_rows(data, ggml_type, shape)
     block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
     out = torch.empty(rows, cols, dtype=torch.float32)
