@@ -39,7 +39,7 @@ def bench(
     prompt_tokens: int = typer.Option(512, "-p", "--n-prompt", help="pp test size (0 skips it)"),
     gen_tokens: int = typer.Option(128, "-n", "--n-gen", help="tg test size (0 skips it)"),
     reps: int = typer.Option(5, "-r", "--repetitions", help="timed repetitions after one warm-up"),
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="threads for every engine [all cores]"),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="threads per engine (default: all cores)"),
     dtype: str = typer.Option("auto", "--dtype", help="hastelm's mode: auto|float32|bfloat16"),
     speculative: Optional[str] = typer.Option(None, "--speculative", help="comma list of methods, or auto"),
     workload: Optional[str] = typer.Option(None, "--workload", help="humaneval|mixed|FILE.jsonl"),
@@ -47,7 +47,7 @@ def bench(
     limit: int = typer.Option(40, "--limit", help="first N prompts of each workload category"),
     max_tokens: int = typer.Option(256, "--max-tokens", help="new tokens per workload answer (greedy)"),
     peer_limit: Optional[int] = typer.Option(None, "--peer-limit", help="peers run only the first N per category"),
-    context: int = typer.Option(4096, "--ctx", help="context length given to every engine for workloads"),
+    context: int = typer.Option(4096, "--ctx", help="context length of every engine in workload runs"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="write a bar chart (PNG/SVG/PDF)"),
 ) -> None:

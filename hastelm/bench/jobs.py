@@ -23,15 +23,16 @@ class Settings:
 
 def core_jobs(s: Settings, prompt_tokens: int, gen_tokens: int, reps: int) -> list[dict[str, Any]]:
     tests = [("pp", prompt_tokens), ("tg", gen_tokens)]
-    return [_job(s, engine, "plain", kind="core", test=test, n=n, reps=reps,
-                 context=max(s.context, prompt_tokens + gen_tokens + 16))
+    # llama-bench's context: just what the tests need (llama.cpp allocates its whole KV cache up front)
+    return [_job(s, engine, "plain", kind="core", test=test, n=n, reps=reps, context=prompt_tokens + gen_tokens + 16)
             for engine in s.engines for test, n in tests if n > 0]
 
 
 def workload_jobs(s: Settings, workload: str, methods: list[str], limit: int,
                   peer_limit: int | None, max_tokens: int) -> list[dict[str, Any]]:
     common = {"kind": "workload", "workload": workload, "max_tokens": max_tokens}
-    jobs = [_job(s, "hastelm", m, limit=limit, **common) for m in ["plain", *methods]] if "hastelm" in s.engines else []
+    ours = ["plain", *methods] if "hastelm" in s.engines else []
+    jobs = [_job(s, "hastelm", m, limit=limit, **common) for m in ours]
     peers_limit = min(limit, peer_limit) if peer_limit else limit
     for engine in s.engines:
         for method in PEER_METHODS.get(engine, ()):
