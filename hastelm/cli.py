@@ -89,7 +89,7 @@ def generate(
 def _print_stream(steps, stats: bool) -> None:
     import time
 
-    n = drafts = accepted = 0
+    n = drafts = accepted = proposed = 0
     t0 = time.perf_counter()
     first = None
     for r in steps:
@@ -97,6 +97,7 @@ def _print_stream(steps, stats: bool) -> None:
         sys.stdout.flush()
         n += len(r.tokens)
         accepted += r.accepted
+        proposed += r.proposed
         drafts += 1
         if first is None:
             first = time.perf_counter()
@@ -104,8 +105,9 @@ def _print_stream(steps, stats: bool) -> None:
     sys.stdout.write("\n")
     if stats and first is not None:
         rate = (n - 1) / (end - first) if n > 1 and end > first else 0.0
+        spec = f", {accepted / max(drafts - 1, 1):.2f} accepted/step" if proposed else ""
         err.print(f"[dim]{n} tokens, first after {first - t0:.2f}s, {rate:.1f} tokens/s, "
-                  f"{n / max(drafts, 1):.2f} tokens/step[/]", highlight=False)
+                  f"{n / max(drafts, 1):.2f} tokens/step{spec}[/]", highlight=False)
 
 
 @app.command("chat")
