@@ -1,6 +1,45 @@
-"""`hastelm serve` (filled in by the server work)."""
+"""`hastelm serve`: load a model once and serve the OpenAI-compatible API with uvicorn."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from ..models.registry import DEFAULT_MODEL
 
 
-def serve() -> None:
-    """Run the OpenAI-compatible server."""
-    raise SystemExit("hastelm serve is not built yet")
+def serve(
+    model: str = typer.Option(DEFAULT_MODEL, "-m", "--model", help="alias, .gguf file or Hugging Face folder"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    max_batch: int = typer.Option(8, "--max-batch", help="sequences decoded together (KV-cache slots)"),
+    max_queue: int = typer.Option(64, "--max-queue", help="waiting requests before answering 429"),
+    speculative: Optional[str] = typer.Option(None, "--speculative",
+                                              help="default proposer: pld|recycling|lookahead|layerskip|draft:MODEL|auto"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HASTELM_API_KEY",
+                                          help="require Authorization: Bearer KEY on /v1 routes"),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="model id clients use"),
+    context_length: Optional[int] = typer.Option(None, "--context-length", help="per-sequence context"),
+    prefill_chunk: int = typer.Option(256, "--prefill-chunk", help="prompt tokens per scheduler step"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto|float32|bfloat16"),
+    device: str = typer.Option("auto", "--device"),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Serve the OpenAI-compatible API (chat, completions, streaming) with continuous batching."""
+    import uvicorn
+
+    from ..cli import fail, load_llm
+    from ..errors import HastelmError
+    from .app import create_app
+
+    try:
+        if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
+            raise HastelmError("--max-batch and --prefill-chunk must be >= 1, --max-queue >= 0")
+        llm = load_llm(model, dtype, device, speculative, context_length)
+        app = create_app(llm, model_id=served_model_name, max_batch=max_batch, max_queue=max_queue,
+                         prefill_chunk=prefill_chunk, speculative=speculative, api_key=api_key)
+    except HastelmError as exc:
+        fail(str(exc))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,270 @@
+"""Continuous batching of many requests over one model.
+
+One background thread owns a multi-slot KV cache (`max_batch` slots). Every iteration it
+1. drops cancelled requests and frees their slots,
+2. admits queued requests into free slots,
+3. prefills prompts in chunks of `prefill_chunk` tokens (at most about one chunk's worth per
+   iteration, so a long prompt never stalls the streams already running for long),
+4. runs one decode step for every request past its prefill: plain requests share one batched
+   forward (`PlainDecoding.step_batch`), requests with a speculative proposer step on their own.
+
+Prefill covers `ids[:-1]`; the last prompt token is the sequence's pending token, so the first
+output token comes from an ordinary decode step, the same path as every later token. Chunk
+boundaries are multiples of `prefill_chunk` whatever else is running, so a request's numerics do
+not depend on its neighbours.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .decoding.plain import StepOutcome
+from .decoding.sampling import SamplingParams, top_logprobs
+from .decoding.sequence import Sequence
+from .decoding.step import StepResult, TokenLogprob
+from .errors import HastelmError
+
+Event = StepResult | BaseException
+Deliver = Callable[["Job", Event], None]
+
+
+class QueueFullError(HastelmError):
+    """The waiting queue is full; the caller should retry later."""
+
+
+class SchedulerStopped(HastelmError):
+    """The scheduler was shut down before the request finished."""
+
+
+class StrategyError(HastelmError):
+    """The request's speculative proposer is unknown or cannot be set up."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One sequence to generate. `deliver` is called from the scheduler thread with each
+    `StepResult`, or once with an exception that ends the job."""
+    ids: list[int]
+    params: SamplingParams
+    deliver: Deliver
+    index: int = 0
+    speculative: str | None = None
+    prompt_logprobs: int | None = None     # also score the prompt, with this many alternatives
+    score_only: bool = False               # end after the prompt (echo with max_tokens=0)
+    # set by the scheduler
+    prompt_scores: list[TokenLogprob | None] = field(default_factory=list)
+    seq: Sequence | None = None
+    strategy: Any = None
+    cancelled: bool = False
+    done: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Scheduler:
+    def __init__(self, llm: Any, *, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256,
+                 speculative: str | None = None) -> None:
+        if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
+            raise HastelmError("max_batch and prefill_chunk must be >= 1, max_queue >= 0")
+        self.llm = llm
+        self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
+        self.default_speculative = speculative
+        self.cache = llm.model.new_cache(llm.context_length, slots=max_batch)
+        self.queue: deque[Job] = deque()
+        self.slots: list[Job | None] = [None] * max_batch
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ---- called from other threads ---------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="hastelm-scheduler", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Queue all of `jobs` or none: raises QueueFullError when they do not fit."""
+        with self._wake:
+            if self._stopping or self._thread is None:
+                raise SchedulerStopped("the server is shutting down")
+            room = self.max_queue + self.free_slots - len(self.queue)
+            if len(jobs) > room:
+                raise QueueFullError(f"server busy: {len(self.queue)} requests waiting "
+                                     f"(limit {self.max_queue}); retry later")
+            self.queue.extend(jobs)
+            self._wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop generating for `job` and free its slot (at the next step boundary)."""
+        with self._wake:
+            job.cancel()
+            self._wake.notify()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def free_slots(self) -> int:
+        return sum(j is None for j in self.slots)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.queue)
+
+    @property
+    def running(self) -> int:
+        return self.max_batch - self.free_slots
+
+    # ---- the scheduler thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self.queue and self.running == 0:
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                self._reap()
+                self._admit()
+            self._prefill()
+            self._decode()
+        self._shutdown()
+
+    def _reap(self) -> None:
+        for job in [j for j in self.queue if j.cancelled]:
+            self.queue.remove(job)
+        for job in self.slots:
+            if job is not None and job.cancelled:
+                self._release(job)
+
+    def _admit(self) -> None:
+        for slot, held in enumerate(self.slots):
+            if held is None and self.queue:
+                job = self.queue.popleft()
+                self.slots[slot] = job
+                try:
+                    job.strategy = self.llm.strategy(job.speculative or self.default_speculative)
+                except (HastelmError, ValueError, ImportError) as exc:   # unknown name and the like
+                    self._fail(job, StrategyError(str(exc)))
+                    continue
+                except Exception as exc:
+                    self._fail(job, exc)
+                    continue
+                job.seq = self.llm.new_sequence(job.ids, job.params, slot=slot, index=job.index)
+                self.cache.reset(slot)
+
+    def _prefilling(self) -> list[Job]:
+        return [j for j in self.slots if j is not None and j.seq and self._todo(j) > 0]
+
+    def _todo(self, job: Job) -> int:
+        return len(job.seq.ids) - 1 - self.cache.length(job.seq.slot)
+
+    def _prefill(self) -> None:
+        budget = self.prefill_chunk
+        for job in self._prefilling():
+            while budget > 0 and self._todo(job) > 0:
+                try:
+                    budget -= self._prefill_chunk(job)
+                except Exception as exc:
+                    self._fail(job, exc)
+                    break
+            if budget <= 0:
+                break
+
+    def _prefill_chunk(self, job: Job) -> int:
+        """Run the next aligned chunk of `ids[:-1]` into the job's slot; returns its length."""
+        slot, c = job.seq.slot, self.prefill_chunk
+        lo = self.cache.length(slot)
+        hi = min(len(job.ids) - 1, (lo // c + 1) * c)
+        dev = self.llm.device
+        toks = torch.tensor([job.ids[lo:hi]], device=dev)
+        pos = torch.arange(lo, hi, device=dev)[None]
+        scoring = job.prompt_logprobs is not None
+        logits = self.llm.model(toks, pos, self.cache, slots=[slot], last_only=not scoring)
+        if scoring:
+            if lo == 0:
+                job.prompt_scores.append(None)    # nothing predicts the first token
+            for i, tok in enumerate(job.ids[lo + 1:hi + 1]):
+                job.prompt_scores.append(TokenLogprob(tok, *top_logprobs(logits[0, i], tok, job.prompt_logprobs)))
+        return hi - lo
+
+    def _decode(self) -> None:
+        ready = [j for j in self.slots if j is not None and j.seq and self._todo(j) == 0]
+        for job in [j for j in ready if j.score_only]:
+            self._emit(job, StepResult(job.index, [], "", finish_reason="length"))
+        ready = [j for j in ready if not j.score_only]
+        plain = [j for j in ready if j.strategy is self.llm.plain]
+        if plain:
+            t0 = time.perf_counter()
+            try:
+                outcomes = self.llm.plain.step_batch(self.llm.model, self.cache, [j.seq for j in plain])
+            except Exception as exc:
+                for job in plain:
+                    self._fail(job, exc)
+            else:
+                elapsed = time.perf_counter() - t0
+                for job, outcome in zip(plain, outcomes):
+                    self._advance(job, outcome, elapsed)
+        for job in ready:
+            if job.strategy is not self.llm.plain:
+                t0 = time.perf_counter()
+                try:
+                    outcome = job.strategy.step(self.llm.model, self.cache, job.seq)
+                except Exception as exc:
+                    self._fail(job, exc)
+                    continue
+                self._advance(job, outcome, time.perf_counter() - t0)
+
+    def _advance(self, job: Job, outcome: StepOutcome, elapsed: float) -> None:
+        try:
+            result = self.llm.advance(job.seq, outcome, elapsed)
+        except Exception as exc:
+            self._fail(job, exc)
+            return
+        self._emit(job, result)
+
+    def _emit(self, job: Job, result: StepResult) -> None:
+        if result.finish_reason is not None:
+            self._release(job)
+        if not job.cancelled:
+            job.deliver(job, result)
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        self._release(job)
+        if not job.cancelled:
+            job.deliver(job, exc)
+
+    def _release(self, job: Job) -> None:
+        job.done = True
+        if job.seq is None:
+            if job in self.slots:
+                self.slots[self.slots.index(job)] = None
+            return
+        slot = job.seq.slot
+        if job.strategy is not None:
+            job.strategy.release(job.seq)
+        self.cache.reset(slot)
+        self.slots[slot] = None
+
+    def _shutdown(self) -> None:
+        with self._wake:
+            pending = list(self.queue) + [j for j in self.slots if j is not None]
+            self.queue.clear()
+        for job in pending:
+            self._fail(job, SchedulerStopped("the server is shutting down"))
