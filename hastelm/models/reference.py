@@ -101,8 +101,9 @@ class ReferenceModel:
         return self._linear(act * self._linear(x, p + "ffn_up"), p + "ffn_down")
 
     @torch.no_grad()
-    def forward(self, tokens: list[int], layers: list[int] | None = None) -> torch.Tensor:
-        """Float32 logits `[T, V]` for `tokens` at positions 0..T-1 (through only `layers` if given)."""
+    def forward(self, tokens: list[int], layers: list[int] | None = None, last: int | None = None) -> torch.Tensor:
+        """Float32 logits `[T, V]` for `tokens` at positions 0..T-1, through only `layers` if given.
+        With `last`, only the last positions' logits `[last, V]` (a 262k vocabulary makes all costly)."""
         c, eps = self.config, self.config.rms_norm_eps
         x = self.w["token_embd.weight"][torch.tensor(tokens)]
         if c.is_gemma:
@@ -117,7 +118,7 @@ class ReferenceModel:
             if self._get(p + "post_ffw_norm.weight") is not None:
                 h = rms_norm(h, self.w[p + "post_ffw_norm.weight"], eps)
             x = x + h
-        x = rms_norm(x, self.w["output_norm.weight"], eps)
+        x = rms_norm(x if last is None else x[-last:], self.w["output_norm.weight"], eps)
         head = self._get("output.weight")
         logits = x @ (self.w["token_embd.weight"] if head is None or c.tie_word_embeddings else head).T
         cap = c.final_logit_softcapping
