@@ -1,0 +1,82 @@
+"""Microbenchmark of the int4 GEMM: `python -m hastelm.quant.bench_kernels [--threads 2]`.
+
+Prints, per weight shape and number of activation rows M, the time of torch's int4 op
+(`_weight_int4pack_mm_for_cpu`), hastelm's kernel and a dense bf16 `F.linear` on the same
+(dequantized) weight. Each figure is the best of several timed rounds, which filters out
+the noise of other processes sharing the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .ggml_blocks import int4_matmul, pack_int4_for_cpu
+from .kernels import int4_gemm, native, pack_int4
+
+SHAPES = ((3072, 576), (960, 576), (576, 1536))
+ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
+
+
+def best_us(fn: Callable[[], object], rounds: int = 7, min_s: float = 0.02) -> float:
+    """Best mean time per call over `rounds` rounds of at least `min_s` each, in microseconds."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= min_s:
+                break
+        best = min(best, dt / n)
+    return best * 1e6
+
+
+def random_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+    scale = torch.rand(n, k // 32, generator=g) * 0.02
+    offset = -8 * scale + torch.randn(n, k // 32, generator=g) * 1e-3
+    return q, scale, offset
+
+
+def bench_shape(n: int, k: int, rows: tuple[int, ...]) -> list[tuple[int, float, float, float]]:
+    q, scale, offset = random_weight(n, k)
+    tpacked, tsz = pack_int4_for_cpu(q, scale, offset)
+    ours = pack_int4(q, scale, offset) if native() is not None else None
+    dense = (q.float().view(n, k // 32, 32) * scale[..., None] + offset[..., None]).view(n, k).bfloat16()
+    out = []
+    for m in rows:
+        x = torch.randn(m, k).bfloat16()
+        t_torch = best_us(lambda: int4_matmul(x, tpacked, tsz))
+        t_ours = best_us(lambda: int4_gemm(x, ours)) if ours is not None else float("nan")
+        t_dense = best_us(lambda: F.linear(x, dense))
+        out.append((m, t_torch, t_ours, t_dense))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", type=int, nargs="*", default=list(ROWS))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if native() is None:
+        print("hastelm int4 kernel unavailable here (see warnings); only torch columns are measured")
+    print(f"threads={args.threads}; times in microseconds (best of 7 rounds)")
+    for n, k in SHAPES:
+        print(f"\nweight {n}x{k}")
+        print(f"{'M':>5} {'torch int4':>11} {'hastelm':>9} {'dense bf16':>11} {'vs torch':>9} {'vs own M=1':>11}")
+        rows = bench_shape(n, k, tuple(args.rows))
+        base = rows[0][2]
+        for m, a, b, c in rows:
+            print(f"{m:>5} {a:>11.1f} {b:>9.1f} {c:>11.1f} {a / b:>8.2f}x {b / base:>10.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+// Python binding of the W4A16 int4 GEMM (int4_kernel.h): checks, per-row prologue, threads.
+// Only the ATen/pybind headers it needs: a third of <torch/extension.h>'s compile time.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include "int4_kernel.h"
+
+namespace {
+
+using namespace hastelm_int4;
+
+// x: bf16 [M, K] contiguous; w: packed uint8 [N/16, K/32, 320 or 384]. Returns [M, N] in bfloat16,
+// or float32 when `out_fp32`.
+at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& w, bool out_fp32) {
+  TORCH_CHECK(cpu_supported(), "int4_gemm needs a CPU with AVX512-BF16");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
+              "x must be a contiguous 2-D bfloat16 CPU tensor");
+  const bool half = w.dim() == 3 && w.size(2) == group_bytes<uint16_t>;
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 3 && w.scalar_type() == at::kByte && w.is_contiguous() &&
+              (half || w.size(2) == group_bytes<float>), "w must come from pack_int4");
+  const int64_t M = x.size(0), K = x.size(1), blocks = w.size(0), N = blocks * kBlockCols;
+  TORCH_CHECK(w.size(1) * kGroup == K, "x has ", K, " columns, the weight expects ", w.size(1) * kGroup);
+  auto y = at::empty({M, N}, x.options().dtype(out_fp32 ? at::kFloat : at::kBFloat16));
+#ifdef HASTELM_X86
+  if (M == 0) return y;
+  const int64_t G = K / kGroup;
+  std::vector<float> sums(M * G);
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  for (int64_t m = 0; m < M; ++m) group_sums(xp + m * K, K, sums.data() + m * G);
+  const auto* wp = w.data_ptr<uint8_t>();
+  void* yp = y.data_ptr();
+  // Columns are independent, so any split over threads gives identical results.
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    if (half)
+      gemm_cols<uint16_t>(xp, M, K, sums.data(), wp, b0, b1, yp, N, !out_fp32);
+    else
+      gemm_cols<float>(xp, M, K, sums.data(), wp, b0, b1, yp, N, !out_fp32);
+  });
+#endif
+  return y;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernel uses");
+  m.def("int4_gemm", &int4_gemm, "y = x @ W.T for a groupwise-int4 W packed by pack_int4");
+}

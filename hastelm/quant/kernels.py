@@ -1,0 +1,90 @@
+"""Native CPU kernels, compiled on first use, with a clean "not available" answer otherwise.
+
+`int4_gemm` multiplies bf16 activations by a groupwise-int4 weight packed by `pack_int4`
+(csrc/int4_kernel.h: AVX512-BF16 `vdpbf16ps`, fp32 accumulation, rows bit-identical for any
+batch size). The extension is built once into ~/.cache/hastelm/torch_extensions and reused.
+`native()` returns None when it cannot be used: HASTELM_NO_KERNELS=1, no compiler, a failed
+build, or a CPU without AVX512-BF16. Callers then use torch's own int4 op.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+GROUP = 32          # k values per scale/offset group
+BLOCK_COLS = 16     # output columns per packed block
+_SOURCES = [Path(__file__).parent / "csrc" / "int4_gemm.cpp"]   # includes csrc/int4_kernel.h
+
+
+def build_dir() -> Path:
+    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info.major}{sys.version_info.minor}"
+    return Path.home() / ".cache" / "hastelm" / "torch_extensions" / f"int4_gemm-{tag}"
+
+
+def disabled() -> bool:
+    return os.environ.get("HASTELM_NO_KERNELS", "") not in ("", "0")
+
+
+@functools.cache
+def _load() -> ModuleType | None:
+    try:
+        from torch.utils.cpp_extension import load
+
+        path = build_dir()
+        path.mkdir(parents=True, exist_ok=True)
+        if not any(path.glob("*.so")):
+            print("hastelm: compiling the int4 kernel (once; about a minute)", file=sys.stderr)
+        mod = load(name="hastelm_int4_gemm", sources=[str(s) for s in _SOURCES],
+                   extra_cflags=["-O3"], build_directory=str(path), verbose=False)
+    except Exception as exc:  # no compiler, no ninja, build error: fall back, but say why once
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warnings.warn(f"hastelm: int4 kernel not built ({first}); using torch's int4 op", stacklevel=2)
+        return None
+    return mod if mod.cpu_supported() else None
+
+
+def native() -> ModuleType | None:
+    """The compiled kernel module, or None when the fallback must be used."""
+    if disabled() or sys.platform != "linux" or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return None
+    return _load()
+
+
+def pack_int4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Pack `w = q * scale + offset` (q uint8 [N, K] in 0..15; scale, offset [N, K/32]) for
+    `int4_gemm`: uint8 [N/16, K/32, B], per 16 columns and group 256 nibble bytes, then 16
+    scales and 16 offsets, in fp16 (B = 320) when that is exact, else in fp32 (B = 384).
+    The layout is described in csrc/int4_kernel.h.
+    """
+    n, k = q.shape
+    if n % BLOCK_COLS or k % GROUP:
+        raise ValueError(f"int4 packing needs rows % 16 == 0 and cols % 32 == 0, got {tuple(q.shape)}")
+    nb, g = n // BLOCK_COLS, k // GROUP
+    # [block, col, chunk, j, h] -> [block, chunk, col, h, j]; word (col, h) holds nibbles j = 0..3
+    t = q.to(torch.uint8).reshape(nb, BLOCK_COLS, k // 8, 4, 2).permute(0, 2, 1, 4, 3)
+    nibbles = (t[..., 0::2] | (t[..., 1::2] << 4)).reshape(nb, g, 256)
+    sz = torch.stack((scale, offset)).to(torch.float32)
+    half = sz.to(torch.float16)
+    if torch.equal(half.float(), sz):   # Q4_0/Q4_1 scales are fp16 in the file: nothing is lost
+        sz = half
+    sz = sz.reshape(2, nb, BLOCK_COLS, g).permute(1, 3, 0, 2).contiguous().view(torch.uint8)
+    return torch.cat((nibbles, sz.reshape(nb, g, -1)), dim=2).contiguous()
+
+
+def int4_gemm(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """`x @ w.T` for `w` packed by `pack_int4`; any leading dims. bf16 activations are used as
+    is; float32 ones are rounded to bf16 first (the kernel multiplies in bf16), and the result
+    comes back in x's dtype."""
+    mod = _load()   # callers decide with native(); this only guards direct use
+    if mod is None:
+        raise RuntimeError("the int4 kernel is not available on this machine")
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
+    y = mod.int4_gemm(x2, packed, x.dtype == torch.float32)
+    return y.reshape(*lead, y.shape[-1]).to(x.dtype)

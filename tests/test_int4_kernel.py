@@ -1,0 +1,143 @@
+"""hastelm's int4 GEMM kernel: accuracy against a float64 reference, bit-identical rows for any
+batch size or thread count, the Int4Linear integration, and the torch fallback."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+
+from hastelm.quant import kernels
+from hastelm.quant.ggml_blocks import int4_groups
+from hastelm.quant.linear import Int4Linear
+
+U_FP32 = 2.0 ** -24   # unit roundoff of fp32 accumulation
+U_BF16 = 2.0 ** -8    # unit roundoff of rounding to bf16 (7 stored mantissa bits)
+
+
+def _cpu_has_bf16() -> bool:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return " avx512_bf16" in text and " avx512bw" in text
+
+
+needs_kernel = pytest.mark.skipif(not _cpu_has_bf16(), reason="CPU lacks AVX512-BF16")
+
+
+def gguf_groups(ggml_type: T, rows: int, cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int4_groups of random GGUF blocks with realistic fp16 scales (1e-3..3e-2)."""
+    rng = np.random.default_rng(seed)
+    block, size = GGML_QUANT_SIZES[ggml_type]
+    n = rows * cols // block
+    raw = rng.integers(0, 256, (n, size), dtype=np.uint8)
+    for off in {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q4_K: (0, 2)}[ggml_type]:
+        raw[:, off:off + 2] = rng.uniform(1e-3, 3e-2, n).astype("<f2").view(np.uint8).reshape(n, 2)
+    return int4_groups(raw.reshape(rows, -1), ggml_type, (rows, cols))
+
+
+def dequant(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    return (q.double().view(*scale.shape, 32) * scale.double()[..., None] + offset.double()[..., None]).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    mod = kernels.native()
+    if mod is None:
+        pytest.skip("int4 kernel unavailable (HASTELM_NO_KERNELS set, or no compiler)")
+    return mod
+
+
+@needs_kernel
+def test_kernel_builds_on_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first call compiles (~30 s); later sessions load the cached build.
+    monkeypatch.delenv("HASTELM_NO_KERNELS", raising=False)
+    assert kernels.native() is not None
+    assert kernels.build_dir().is_dir()
+
+
+@needs_kernel
+@pytest.mark.parametrize("ggml_type", [T.Q4_0, T.Q4_1, T.Q4_K], ids=lambda t: t.name)
+def test_matches_float64_reference(kernel, ggml_type: T) -> None:
+    rows, cols = 208, 512      # 13 column blocks: every tile width and its remainder path run
+    q, scale, offset = gguf_groups(ggml_type, rows, cols, seed=int(ggml_type))
+    packed = kernels.pack_int4(q, scale, offset)
+    # fp16 scales are exact for Q4_0/Q4_1 and kept; Q4_K's products of scales are not
+    assert packed.shape[-1] == (384 if ggml_type == T.Q4_K else 320)
+    w = dequant(q, scale, offset)
+    x = torch.randn(11, cols, generator=torch.Generator().manual_seed(1))
+    bound = x.abs().double() @ (q.double().view(rows, -1, 32) * scale.double().abs()[..., None]
+                                + offset.double().abs()[..., None]).flatten(1).T
+
+    # Same bf16 inputs: only fp32 accumulation differs (32 dot steps per group, 2 FMAs per group).
+    xb = x.bfloat16()
+    steps = 32 + 2 * cols // 32
+    y32 = kernels.int4_gemm(xb.float(), packed)
+    assert y32.dtype == torch.float32
+    assert ((y32.double() - xb.double() @ w.T).abs() <= steps * U_FP32 * bound).all()
+    # float32 inputs are rounded to bf16 first: error up to U_BF16 of |x| |w| per product.
+    assert ((y32.double() - x.double() @ w.T).abs() <= (U_BF16 + steps * U_FP32) * bound).all()
+    # bf16 output: one more rounding of the result.
+    yb = kernels.int4_gemm(xb, packed)
+    assert yb.dtype == torch.bfloat16
+    ref = xb.double() @ w.T
+    assert ((yb.double() - ref).abs() <= U_BF16 * ref.abs() + steps * U_FP32 * bound).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("fp16_scales", [True, False], ids=["fp16-scales", "fp32-scales"])
+def test_rows_identical_for_any_batch_and_threads(kernel, fp16_scales: bool) -> None:
+    rows, cols = 208, 96
+    g = torch.Generator().manual_seed(2)
+    q = torch.randint(0, 16, (rows, cols), dtype=torch.uint8, generator=g)
+    scale = torch.rand(rows, cols // 32, generator=g) * 0.02
+    offset = -8 * scale + torch.randn(rows, cols // 32, generator=g) * 1e-3
+    if fp16_scales:
+        scale, offset = scale.half().float(), offset.half().float()
+    packed = kernels.pack_int4(q, scale, offset)
+    assert packed.shape[-1] == (320 if fp16_scales else 384)
+    x = torch.randn(64, cols, generator=g).bfloat16()
+    single = torch.cat([kernels.int4_gemm(x[i:i + 1], packed) for i in range(64)])
+    for m in range(1, 65):
+        assert torch.equal(kernels.int4_gemm(x[:m], packed), single[:m]), m
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 3):   # other splits of the columns over threads
+            torch.set_num_threads(t)
+            assert torch.equal(kernels.int4_gemm(x, packed), single)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_kernel
+def test_int4_linear_uses_kernel(kernel) -> None:
+    q, scale, offset = gguf_groups(T.Q4_1, 64, 128, seed=3)
+    bias = torch.randn(64)
+    lin = Int4Linear(q, scale, offset, bias)
+    assert lin.native
+    x = torch.randn(2, 5, 128).bfloat16()
+    y = lin(x)
+    assert y.shape == (2, 5, 64) and y.dtype == torch.bfloat16
+    ref = x.double() @ dequant(q, scale, offset).T + bias.bfloat16().double()
+    torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=2e-2)
+    # prefill-sized inputs go through the same kernel: the rows equal the single-row results
+    many = torch.randn(130, 128).bfloat16()
+    assert torch.equal(lin(many)[7], lin(many[7:8])[0])
+
+
+def test_fallback_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HASTELM_NO_KERNELS", "1")
+    assert kernels.native() is None
+    q, scale, offset = gguf_groups(T.Q4_0, 128, 128, seed=4)
+    lin = Int4Linear(q, scale, offset)
+    assert not lin.native
+    w = dequant(q, scale, offset)
+    for rows in (3, 100):   # torch's int4 op, and the unpack + dense path for large inputs
+        x = torch.randn(rows, 128).bfloat16()
+        torch.testing.assert_close(lin(x).double(), x.double() @ w.T, rtol=2e-2, atol=2e-2)
+
+
+def test_pack_rejects_bad_shapes() -> None:
+    q = torch.zeros(24, 64, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="rows % 16"):
+        kernels.pack_int4(q, torch.ones(24, 2), torch.zeros(24, 2))
