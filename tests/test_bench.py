@@ -13,7 +13,7 @@ from hastelm.bench.aggregate import workload_rows
 from hastelm.bench.conversation import encode_chat, load_tokenizer, run_item
 from hastelm.bench.engines import Generation
 from hastelm.bench.memory import BenchError, peak_rss_mb, run_isolated
-from hastelm.bench.runner import core_test, measure
+from hastelm.bench.runner import core_test, core_tests, measure
 from hastelm.bench.workloads import WorkloadError, WorkloadItem, load_workload, parse_item
 from hastelm.cli import app
 
@@ -141,8 +141,10 @@ def test_core_tests_use_fresh_random_prompts_and_count_tokens():
     pp = core_test(engine, "pp", 16, reps=2, progress=lambda *_: None)
     assert pp["test"] == "pp16" and pp["reps"] == 2 and len(engine.prompts) == 3
     assert all(len(p) == 16 for p in engine.prompts) and len({tuple(p) for p in engine.prompts}) == 3
-    tg = core_test(engine, "tg", 8, reps=1, progress=lambda *_: None)
+    progress = []
+    pp, tg = core_tests(engine, [("pp", 4), ("tg", 8)], reps=1, progress=lambda d, t: progress.append((d, t)))
     assert tg["test"] == "tg8" and tg["tokens_per_s"] == pytest.approx(16.0)
+    assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
 def _record(item: int, category: str, tokens: int, seconds: float, sha: str, steps=None, accepted=None,
@@ -183,7 +185,7 @@ def test_a_failing_benchmark_process_gives_one_line(tmp_path):
     bogus = tmp_path / "model.gguf"
     bogus.write_bytes(b"GGUF" + b"\0" * 12)
     job = {"engine": "hastelm", "method": "plain", "model": str(bogus), "threads": 1, "dtype": "auto",
-           "context": 64, "kind": "core", "test": "tg", "n": 2, "reps": 1}
+           "context": 64, "kind": "core", "tests": [["tg", 2]], "reps": 1}
     with pytest.raises(BenchError) as info:
         run_isolated(job, lambda *_: None)
     assert str(info.value).startswith("hastelm (plain): ") and "\n" not in str(info.value)
@@ -203,20 +205,12 @@ def test_core_bench_cli_writes_json_and_plot(tmp_path):
     assert "pp8" in result.output and "tg4" in result.output
 
 
-def _speculative_method() -> list[str]:
-    try:
-        from hastelm.decoding.speculative import make_strategy  # noqa: F401
-    except ImportError:
-        return []
-    return ["--speculative", "pld"]
-
-
 def test_workload_bench_cli_reports_categories(tmp_path):
     prompts = write_lines(tmp_path / "p.jsonl", '{"prompt": "1, 2, 3, 4, 5, 6,", "category": "count"}',
                           '{"turns": ["Say yes.", "Say no."], "category": "chat"}')
     out = tmp_path / "w.json"
     result = runner.invoke(app, ["bench", "--prompts", str(prompts), "--max-tokens", "6", "--engines", "hastelm",
-                                 *_speculative_method(), "--json", str(out)])
+                                 "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["results"]
     assert all(WORKLOAD_KEYS <= set(r) for r in rows)
@@ -225,7 +219,7 @@ def test_workload_bench_cli_reports_categories(tmp_path):
     assert plain["overall"]["speedup_vs_plain"] == pytest.approx(1.0)
     assert plain["overall"]["mean_accepted"] == pytest.approx(1.0)
     assert plain["overall"]["same_output_as_plain"] == 1.0
-    assert {r["method"] for r in rows} == {"plain"} | ({"pld"} if _speculative_method() else set())
+    assert {r["method"] for r in rows} == {"plain"}
 
 
 @pytest.mark.parametrize("args, message", [

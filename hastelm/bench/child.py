@@ -34,8 +34,8 @@ def run(job: dict[str, Any], emit) -> dict[str, Any]:
 
     engine = make_engine(job)
     if job["kind"] == "core":
-        from .runner import core_test
-        result = core_test(engine, job["test"], job["n"], job["reps"], progress)
+        from .runner import core_tests
+        result = {"tests": core_tests(engine, job["tests"], job["reps"], progress)}
     else:
         from .conversation import load_tokenizer, run_workload
         from .workloads import load_workload

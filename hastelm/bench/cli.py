@@ -77,7 +77,9 @@ def _core(s, prompt_tokens: int, gen_tokens: int, reps: int, json_path: Optional
 
     if prompt_tokens < 0 or gen_tokens < 0 or prompt_tokens + gen_tokens == 0:
         raise HastelmError("-p and -n must be >= 0, and not both 0")
-    rows = [{**r, "threads": s.threads} for r in run_jobs(core_jobs(s, prompt_tokens, gen_tokens, reps), err)]
+    results = run_jobs(core_jobs(s, prompt_tokens, gen_tokens, reps), err)
+    rows = [{"engine": r["engine"], "method": r["method"], "dtype": r["dtype"], **test,
+             "peak_rss_mb": r["peak_rss_mb"], "threads": s.threads} for r in results for test in r["tests"]]
     title = f"{s.model.name} · {s.threads} threads · {reps} reps after 1 warm-up"
     out.print(report.core_table(rows, title))
     _save(rows, s, json_path, plot_path, "test", title)

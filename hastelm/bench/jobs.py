@@ -22,10 +22,11 @@ class Settings:
 
 
 def core_jobs(s: Settings, prompt_tokens: int, gen_tokens: int, reps: int) -> list[dict[str, Any]]:
-    tests = [("pp", prompt_tokens), ("tg", gen_tokens)]
+    """One process per engine runs its tests in turn, as llama-bench does; its peak RSS is the engine's."""
+    tests = [[test, n] for test, n in (("pp", prompt_tokens), ("tg", gen_tokens)) if n > 0]
     # llama-bench's context: just what the tests need (llama.cpp allocates its whole KV cache up front)
-    return [_job(s, engine, "plain", kind="core", test=test, n=n, reps=reps, context=prompt_tokens + gen_tokens + 16)
-            for engine in s.engines for test, n in tests if n > 0]
+    return [_job(s, engine, "plain", kind="core", tests=tests, reps=reps, context=prompt_tokens + gen_tokens + 16)
+            for engine in s.engines]
 
 
 def workload_jobs(s: Settings, workload: str, methods: list[str], limit: int,
@@ -53,7 +54,8 @@ def run_jobs(jobs: list[dict[str, Any]], console: Console) -> list[dict[str, Any
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         for job in jobs:
-            name = f"{job['engine']} {job['method']} {job.get('test', '')}{job.get('n', '')}".strip()
+            tests = " ".join(f"{t}{n}" for t, n in job.get("tests", []))
+            name = f"{job['engine']} {job['method'] if not tests else tests}"
             task = progress.add_task(name, total=None)
             try:
                 result = run_isolated(job, lambda done, total: progress.update(task, completed=done, total=total))

@@ -9,7 +9,8 @@ from rich.table import Table
 
 
 def core_table(rows: list[dict[str, Any]], title: str) -> Table:
-    table = _table(title, "engine", "dtype", "test", "t/s (median ± sd)", "min–max", "peak RSS MB")
+    table = _table(title, "engine", "dtype", "test", "t/s (median ± sd)", "min–max",
+                   "engine peak RSS MB")
     for r in rows:
         table.add_row(r["engine"], r["dtype"], r["test"], f"{r['tokens_per_s']:.1f} ± {r['stdev']:.1f}",
                       f"{r['min']:.1f}–{r['max']:.1f}", f"{r['peak_rss_mb']:.0f}")

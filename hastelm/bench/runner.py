@@ -61,3 +61,11 @@ def core_test(engine: Engine, test: str, n: int, reps: int, progress: Progress) 
             gen = engine.generate([engine.bos_id], n, set())
             return len(gen.tokens) / gen.seconds
     return {"test": f"{test}{n}", **measure(once, reps, progress).summary()}
+
+
+def core_tests(engine: Engine, tests: list[tuple[str, int]], reps: int, progress: Progress) -> list[dict[str, Any]]:
+    """Each test in turn, with one progress count over all of them."""
+    per_test = reps + 1
+    total = per_test * len(tests)
+    return [core_test(engine, test, n, reps, lambda done, _, k=k: progress(k * per_test + done, total))
+            for k, (test, n) in enumerate(tests)]
