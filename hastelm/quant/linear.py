@@ -1,9 +1,11 @@
 """Linear layers over the weight representations hastelm keeps: dense, packed int4, int8 rows.
 
-GGUF Q4_0/Q4_1/Q4_K blocks are exactly `w = q * scale + offset` on groups of 32, which is torch's
-CPU int4 kernel format, so those weights stay packed (a quarter of bf16's bytes) with no
-requantization. That kernel's cost grows linearly with the number of rows it multiplies, so for
-prefill-sized inputs the weight is unpacked to bf16 on the fly and a dense GEMM runs instead.
+GGUF Q4_0/Q4_1/Q4_K blocks are exactly `w = q * scale + offset` on groups of 32, so those weights
+stay packed with no requantization. They run through hastelm's own AVX512-BF16 kernel
+(quant/kernels.py) where it is available: bf16 products with fp32 accumulation, every output row
+bit-identical whatever the batch size. Elsewhere torch's CPU int4 op runs them; its cost grows
+linearly with the number of rows, so for prefill-sized inputs that path unpacks the weight to
+bf16 on the fly and runs a dense GEMM instead.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ggml_blocks import int4_matmul, pack_int4_for_cpu
+from .kernels import int4_gemm, native, pack_int4
 
-# Rows of input at which unpack + dense bf16 GEMM beats the int4 kernel (measured on a 2-core
+# Rows of input at which unpack + dense bf16 GEMM beats torch's int4 op (measured on a 2-core
 # AVX-512 CPU: int4 11.6 ms vs unpack 1.4 ms + bf16 5.1 ms for 512x576 @ 576x3072).
 DENSE_FROM_ROWS = 96
 
@@ -43,15 +46,20 @@ class Int4Linear(nn.Module):
                  bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
         self.out_features, self.in_features = q.shape
-        packed, sz = pack_int4_for_cpu(q, scale, offset, dtype)
-        self.register_buffer("packed", packed, persistent=False)
-        self.register_buffer("scales_and_zeros", sz, persistent=False)
+        # hastelm's kernel multiplies in bf16; other activation dtypes keep torch's op
+        self.native = dtype == torch.bfloat16 and native() is not None
+        if self.native:
+            self.register_buffer("packed", pack_int4(q, scale, offset), persistent=False)
+        else:
+            packed, sz = pack_int4_for_cpu(q, scale, offset, dtype)
+            self.register_buffer("packed", packed, persistent=False)
+            self.register_buffer("scales_and_zeros", sz, persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
         self.dtype = dtype
-        self.can_unpack = self.out_features % 64 == 0
+        self.can_unpack = not self.native and self.out_features % 64 == 0
 
     def unpack(self) -> torch.Tensor:
-        """The dense weight `[out, in]` in the activation dtype.
+        """The dense weight `[out, in]` in the activation dtype (torch's packing only).
 
         The CPU packing stores, per block of 64 output rows and per input column, 32 bytes whose
         low nibbles are rows 0-31 and high nibbles rows 32-63 of the block.
@@ -64,6 +72,9 @@ class Int4Linear(nn.Module):
         return w.view(n, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native:
+            out = int4_gemm(x.to(self.dtype), self.packed)
+            return out if self.bias is None else out + self.bias
         rows = x.numel() // x.shape[-1]
         if rows >= DENSE_FROM_ROWS and self.can_unpack:
             out = F.linear(x.to(self.dtype), self.unpack())
