@@ -27,6 +27,17 @@ def build_dir() -> Path:
     return Path.home() / ".cache" / "hastelm" / "torch_extensions" / f"int4_gemm-{tag}"
 
 
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; the PyPI wheel's binary may sit in an unactivated venv."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    path = os.environ.get("PATH", "")
+    if ninja.BIN_DIR not in path.split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+
+
 def disabled() -> bool:
     return os.environ.get("HASTELM_NO_KERNELS", "") not in ("", "0")
 
@@ -36,6 +47,7 @@ def _load() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
+        _ninja_on_path()
         path = build_dir()
         path.mkdir(parents=True, exist_ok=True)
         if not any(path.glob("*.so")):

@@ -128,17 +128,25 @@ void tile(const uint16_t* x, int64_t ldx, const float* sums, int64_t G,
     for (int c = 0; c < C; ++c) _mm512_storeu_ps(y + r * ldy + c * kBlockCols, tot[r][c]);
 }
 
+// `blocks` column blocks in tiles of C, the remainder in narrower tiles (C/2, ..., 1).
+template <class S, int R, int C>
+void run_tiles(const uint16_t* x, int64_t ldx, const float* sums, int64_t G, const uint8_t* w,
+               int64_t ldw, float* y, int64_t ldy, int64_t blocks) {
+  int64_t b = 0;
+  for (; b + C <= blocks; b += C)
+    tile<S, R, C>(x, ldx, sums, G, w + b * ldw, ldw, y + b * kBlockCols, ldy);
+  if constexpr (C > 1)
+    if (b < blocks)
+      run_tiles<S, R, C / 2>(x, ldx, sums, G, w + b * ldw, ldw, y + b * kBlockCols, ldy, blocks - b);
+}
+
 // Column blocks per tile for each row count: enough independent accumulators to hide the
 // dot-product latency without running out of the 32 vector registers.
 template <class S, int R>
 void run_rows(const uint16_t* x, int64_t ldx, const float* sums, int64_t G, const uint8_t* w,
               int64_t ldw, float* y, int64_t ldy, int64_t blocks) {
   constexpr int C = R == 1 ? 8 : R == 2 ? 4 : 3;
-  int64_t b = 0;
-  for (; b + C <= blocks; b += C)
-    tile<S, R, C>(x, ldx, sums, G, w + b * ldw, ldw, y + b * kBlockCols, ldy);
-  for (; b < blocks; ++b)
-    tile<S, R, 1>(x, ldx, sums, G, w + b * ldw, ldw, y + b * kBlockCols, ldy);
+  run_tiles<S, R, C>(x, ldx, sums, G, w, ldw, y, ldy, blocks);
 }
 
 inline void store_bf16(const float* src, uint16_t* dst, int64_t n) {
