@@ -3,7 +3,8 @@
 Prints, per weight shape and number of activation rows M, the time of torch's int4 op
 (`_weight_int4pack_mm_for_cpu`), hastelm's kernel and a dense bf16 `F.linear` on the same
 (dequantized) weight. Each figure is the best of several timed rounds, which filters out
-the noise of other processes sharing the machine.
+the noise of other processes sharing the machine; with `--threads 1` the clock is this thread's
+CPU time, which other processes cannot inflate at all.
 """
 from __future__ import annotations
 
@@ -21,16 +22,17 @@ SHAPES = ((3072, 576), (960, 576), (576, 1536))
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
 
 
-def best_us(fn: Callable[[], object], rounds: int = 7, min_s: float = 0.02) -> float:
+def best_us(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter,
+            rounds: int = 7, min_s: float = 0.02) -> float:
     """Best mean time per call over `rounds` rounds of at least `min_s` each, in microseconds."""
     fn()
     best = float("inf")
     for _ in range(rounds):
-        n, t0 = 0, time.perf_counter()
+        n, t0 = 0, clock()
         while True:
             fn()
             n += 1
-            dt = time.perf_counter() - t0
+            dt = clock() - t0
             if dt >= min_s:
                 break
         best = min(best, dt / n)
@@ -45,7 +47,8 @@ def random_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
     return q, scale, offset
 
 
-def bench_shape(n: int, k: int, rows: tuple[int, ...]) -> list[tuple[int, float, float, float]]:
+def bench_shape(n: int, k: int, rows: tuple[int, ...],
+                clock: Callable[[], float]) -> list[tuple[int, float, float, float]]:
     q, scale, offset = random_weight(n, k)
     tpacked, tsz = pack_int4_for_cpu(q, scale, offset)
     ours = pack_int4(q, scale, offset) if native() is not None else None
@@ -53,9 +56,9 @@ def bench_shape(n: int, k: int, rows: tuple[int, ...]) -> list[tuple[int, float,
     out = []
     for m in rows:
         x = torch.randn(m, k).bfloat16()
-        t_torch = best_us(lambda: int4_matmul(x, tpacked, tsz))
-        t_ours = best_us(lambda: int4_gemm(x, ours)) if ours is not None else float("nan")
-        t_dense = best_us(lambda: F.linear(x, dense))
+        t_torch = best_us(lambda: int4_matmul(x, tpacked, tsz), clock)
+        t_ours = best_us(lambda: int4_gemm(x, ours), clock) if ours is not None else float("nan")
+        t_dense = best_us(lambda: F.linear(x, dense), clock)
         out.append((m, t_torch, t_ours, t_dense))
     return out
 
@@ -68,11 +71,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if native() is None:
         print("hastelm int4 kernel unavailable here (see warnings); only torch columns are measured")
-    print(f"threads={args.threads}; times in microseconds (best of 7 rounds)")
+    # one thread runs in this thread, so its CPU time is the cost without other processes' share
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    kind = "thread CPU time" if args.threads == 1 else "wall time"
+    print(f"threads={args.threads}; {kind} in microseconds (best of 7 rounds)")
     for n, k in SHAPES:
         print(f"\nweight {n}x{k}")
         print(f"{'M':>5} {'torch int4':>11} {'hastelm':>9} {'dense bf16':>11} {'vs torch':>9} {'vs own M=1':>11}")
-        rows = bench_shape(n, k, tuple(args.rows))
+        rows = bench_shape(n, k, tuple(args.rows), clock)
         base = rows[0][2]
         for m, a, b, c in rows:
             print(f"{m:>5} {a:>11.1f} {b:>9.1f} {c:>11.1f} {a / b:>8.2f}x {b / base:>10.2f}x")
