@@ -163,6 +163,13 @@ class Transformer(nn.Module):
             masks[True] = masks[False]
         return masks
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of `q` `[B, T, H, D]` over cached `k`, `v` `[B, L, Hkv, D]` -> `[B, H, T, D]`."""
+        return F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2).to(q.dtype),
+            attn_mask=mask, scale=self.config.attn_scale, enable_gqa=self.n_kv != self.n_q)
+
     def _layer(self, i: int, x: torch.Tensor, cache: KVCache, slots: list[int], write: tuple,
                L: int, mask: torch.Tensor | None, rot: torch.Tensor) -> torch.Tensor:
         layer = self.layers[i]
@@ -181,15 +188,20 @@ class Transformer(nn.Module):
             s, st = write
             keys[s, st:st + T] = k[0]
             values[s, st:st + T] = v[0]
-            k_all, v_all = keys[s:s + 1, :L], values[s:s + 1, :L]
+            att = self._attend(q, keys[s:s + 1, :L], values[s:s + 1, :L], mask)
+        elif T == 1:
+            keys[write] = k
+            values[write] = v
+            # a decode batch: each row attends over its own prefix only, exactly as it would alone
+            # (padding rows to the longest one changes the kernel's summation order)
+            att = torch.cat([self._attend(q[r:r + 1], keys[s:s + 1, :n], values[s:s + 1, :n],
+                                          None if mask is None else mask[r:r + 1, ..., :n])
+                             for r, (s, n) in enumerate((s, cache.lengths[s] + 1) for s in slots)])
         else:
             keys[write] = k
             values[write] = v
             sl = torch.tensor(slots, device=self.device)
-            k_all, v_all = keys[sl, :L], values[sl, :L]
-        att = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2).to(q.dtype),
-            attn_mask=mask, scale=self.config.attn_scale, enable_gqa=nkv != nq)
+            att = self._attend(q, keys[sl, :L], values[sl, :L], mask)
         att = layer.o(att.transpose(1, 2).reshape(B, T, nq * hd)).to(self.dtype)
         if layer.post_attn_norm is not None:
             att = F.rms_norm(att, (att.shape[-1],), layer.post_attn_norm, eps)
