@@ -82,6 +82,9 @@ class Scheduler:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.decode_steps = 0       # batched forwards run, and the rows they carried (mean batch size)
+        self.decode_rows = 0
+        self.peak_batch = 0
 
     # ---- called from other threads ---------------------------------------------------------
     def start(self) -> None:
@@ -211,6 +214,9 @@ class Scheduler:
         ready = [j for j in ready if not j.score_only]
         plain = [j for j in ready if j.strategy is self.llm.plain]
         if plain:
+            self.decode_steps += 1
+            self.decode_rows += len(plain)
+            self.peak_batch = max(self.peak_batch, len(plain))
             t0 = time.perf_counter()
             try:
                 outcomes = self.llm.plain.step_batch(self.llm.model, self.cache, [j.seq for j in plain])

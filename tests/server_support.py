@@ -21,6 +21,7 @@ def free_port() -> int:
 
 class RunningServer:
     def __init__(self, llm: Any, **options: Any) -> None:
+        options.setdefault("model_id", "smollm2-135m")   # the fixtures load the default model by path
         self.app = create_app(llm, **options)
         self.port = free_port()
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")

@@ -58,7 +58,10 @@ class Metrics:
                     ("hastelm_generation_tokens_total", "Output tokens generated.", self.generation_tokens),
                     ("hastelm_spec_draft_tokens_total", "Speculative draft tokens verified.", self.draft_tokens),
                     ("hastelm_spec_accepted_tokens_total", "Speculative draft tokens accepted.",
-                     self.accepted_tokens)]
+                     self.accepted_tokens),
+                    ("hastelm_decode_steps_total", "Batched decode forwards.", scheduler.decode_steps),
+                    ("hastelm_decode_rows_total", "Sequences carried by batched decode forwards.",
+                     scheduler.decode_rows)]
         for name, help_text, value in counters:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
         rate = self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0

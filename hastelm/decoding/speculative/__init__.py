@@ -10,6 +10,9 @@ Names accepted by `make_strategy` (and `LLM(speculative=...)`, `--speculative`):
     layerskip        the target with some layers skipped drafts for itself
     draft:MODEL      a smaller model with the same tokenizer (alias, .gguf or HF folder)
     auto             pld + recycling + lookahead, the controller picks per step
+
+`NAME@N` (e.g. `recycling@8`) skips the controller and verifies up to N draft nodes every step:
+for experiments and tests; it can be slower than plain decoding.
 """
 from __future__ import annotations
 
@@ -55,7 +58,14 @@ def _draft_model(arg: str, llm: Any) -> Proposer:
 
 def make_strategy(name: str, llm: Any, controller: Controller | None = None) -> SpeculativeDecoding:
     """The decoding strategy for a speculative method name (see the module docstring)."""
-    names = ["pld", "recycling", "lookahead"] if name == "auto" else [name]
+    method, at, size = name.rpartition("@")
+    if at and size.isdigit():
+        if int(size) < 1:
+            raise InvalidParameterError(f"{name!r}: the size after @ must be at least 1")
+        controller = controller or Controller(fixed=int(size))
+    else:
+        method = name
+    names = ["pld", "recycling", "lookahead"] if method == "auto" else [method]
     return SpeculativeDecoding(name, [make_proposer(n, llm) for n in names], controller)
 
 
