@@ -40,7 +40,10 @@ class TransformersEngine:
         stops = sorted(stop_ids) or None
         t = time.perf_counter()
         with self.torch.inference_mode():
-            out = self.model.generate(self.torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False,
+            prompt = self.torch.tensor([ids])
+            # an explicit mask: without it transformers masks every position equal to pad_token_id
+            out = self.model.generate(prompt, attention_mask=self.torch.ones_like(prompt),
+                                      max_new_tokens=max_tokens, do_sample=False,
                                       min_new_tokens=0 if stops else max_tokens, eos_token_id=stops,
                                       pad_token_id=self.bos_id, **extra)
         seconds = time.perf_counter() - t
