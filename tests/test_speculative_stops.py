@@ -111,8 +111,8 @@ def test_max_tokens_inside_an_accepted_draft(llm_f32, setup):
 
 
 @pytest.mark.parametrize("sampling", [
-    SamplingParams(temperature=0, max_tokens=48, repetition_penalty=1.5, ignore_eos=True),
-    SamplingParams(temperature=0, max_tokens=48, presence_penalty=1.5, frequency_penalty=1.0, ignore_eos=True),
+    SamplingParams(temperature=0, max_tokens=32, repetition_penalty=1.5, ignore_eos=True),
+    SamplingParams(temperature=0, max_tokens=32, presence_penalty=1.5, frequency_penalty=1.0, ignore_eos=True),
 ])
 def test_penalties_use_the_history_along_the_path(llm_f32, sampling, monkeypatch):
     """With penalties, a node's target depends on the draft tokens above it: drafts of the true

@@ -64,7 +64,7 @@ def _predicted_speedup(alpha: float, draft_ratio: float, max_len: int = 8) -> fl
 def calibrate(model: Transformer, tokenizer: Tokenizer, text: str = CALIBRATION_TEXT) -> tuple[list[int], float]:
     """Layers to run when drafting, and their measured agreement with the full model."""
     n = len(model.layers)
-    ids = tokenizer.encode(text)[:96]
+    ids = tokenizer.encode(text)[:64]
     tokens = torch.tensor([ids], device=model.device)
     reference = model(tokens, torch.arange(len(ids), device=model.device)[None],
                       model.new_cache(len(ids) + 1))[0].argmax(-1)
