@@ -137,6 +137,19 @@ def test_fallback_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.testing.assert_close(lin(x).double(), x.double() @ w.T, rtol=2e-2, atol=2e-2)
 
 
+@needs_kernel
+def test_build_failure_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HASTELM_NO_KERNELS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(kernels, "_SOURCES", [tmp_path / "missing.cpp"])
+    kernels._load.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="int4 kernel not built"):
+            assert kernels.native() is None
+    finally:
+        kernels._load.cache_clear()   # later tests load the real build again
+
+
 def test_pack_rejects_bad_shapes() -> None:
     q = torch.zeros(24, 64, dtype=torch.uint8)
     with pytest.raises(ValueError, match="rows % 16"):

@@ -2,7 +2,8 @@
 
 `int4_gemm` multiplies bf16 activations by a groupwise-int4 weight packed by `pack_int4`
 (csrc/int4_kernel.h: AVX512-BF16 `vdpbf16ps`, fp32 accumulation, rows bit-identical for any
-batch size). The extension is built once into ~/.cache/hastelm/torch_extensions and reused.
+batch size). The extension is built once into ~/.cache/hastelm/torch_extensions (or under
+$XDG_CACHE_HOME) and reused.
 `native()` returns None when it cannot be used: HASTELM_NO_KERNELS=1, no compiler, a failed
 build, or a CPU without AVX512-BF16. Callers then use torch's own int4 op.
 """
@@ -24,7 +25,8 @@ _SOURCES = [Path(__file__).parent / "csrc" / "int4_gemm.cpp"]   # includes csrc/
 
 def build_dir() -> Path:
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info.major}{sys.version_info.minor}"
-    return Path.home() / ".cache" / "hastelm" / "torch_extensions" / f"int4_gemm-{tag}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "hastelm" / "torch_extensions" / f"int4_gemm-{tag}"
 
 
 def _ninja_on_path() -> None:
