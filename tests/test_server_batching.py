@@ -91,7 +91,8 @@ def test_full_queue_answers_429_with_retry_after(llm_fast):
     body = {"prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True, "stream": True}
     try:
         with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as running:
-            next(running.iter_lines())                           # holds the only slot
+            lines = running.iter_lines()     # kept referenced: a collected iterator closes the stream
+            next(lines)                                          # holds the only slot
             waiting = threading.Thread(target=lambda: httpx.post(f"{server.url}/v1/completions",
                                                                  json={**body, "max_tokens": 3, "stream": False},
                                                                  timeout=60))

@@ -53,6 +53,7 @@ class Generation:
         self.started = time.perf_counter()
         self.choices = {job.index: Choice(job) for job in jobs}
         self.open = set(jobs)
+        self._check_at = time.monotonic() + DISCONNECT_POLL_S
         for job in jobs:
             job.deliver = self._deliver
         try:
@@ -73,15 +74,18 @@ class Generation:
         """The next step of any job; raises APIError if a job failed, ClientGone on disconnect.
         `request` is watched for disconnects (None once a streaming response owns the socket)."""
         while True:
+            if request is not None and time.monotonic() >= self._check_at:
+                # checked on a clock, not only when idle: a generating job never leaves the queue empty
+                self._check_at = time.monotonic() + DISCONNECT_POLL_S
+                if await request.is_disconnected():
+                    self.cancel()
+                    raise ClientGone()
             try:
                 job, event = self.events.get_nowait()
             except asyncio.QueueEmpty:
                 try:
                     job, event = await asyncio.wait_for(self.events.get(), DISCONNECT_POLL_S)
                 except TimeoutError:
-                    if request is not None and await request.is_disconnected():
-                        self.cancel()
-                        raise ClientGone() from None
                     continue
             return self._record(job, event)
 
