@@ -2,13 +2,14 @@
 
 Prints, per weight shape and number of activation rows M, the time of torch's int4 op
 (`_weight_int4pack_mm_for_cpu`), hastelm's kernel and a dense bf16 `F.linear` on the same
-(dequantized) weight. Each figure is the best of several timed rounds, which filters out
-the noise of other processes sharing the machine; with `--threads 1` the clock is this thread's
+(dequantized) weight. Each figure is the median of many timed calls, which filters out the
+stalls other processes sharing the machine cause; with `--threads 1` the clock is this thread's
 CPU time, which other processes cannot inflate at all.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -22,21 +23,21 @@ SHAPES = ((3072, 576), (960, 576), (576, 1536))
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
 
 
-def best_us(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter,
-            rounds: int = 7, min_s: float = 0.02) -> float:
-    """Best mean time per call over `rounds` rounds of at least `min_s` each, in microseconds."""
+def median_us(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter,
+              calls: int = 50, min_s: float = 0.1) -> float:
+    """Median time of one call over at least `calls` calls and `min_s` seconds, in microseconds.
+
+    Per-call medians ignore the multi-millisecond stalls a shared machine inflicts on a few calls
+    (a thread of the pool descheduled at a barrier), which would dominate a mean.
+    """
     fn()
-    best = float("inf")
-    for _ in range(rounds):
-        n, t0 = 0, clock()
-        while True:
-            fn()
-            n += 1
-            dt = clock() - t0
-            if dt >= min_s:
-                break
-        best = min(best, dt / n)
-    return best * 1e6
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < calls or time.perf_counter() - start < min_s:
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return statistics.median(times) * 1e6
 
 
 def random_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -47,8 +48,8 @@ def random_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
     return q, scale, offset
 
 
-def bench_shape(n: int, k: int, rows: tuple[int, ...],
-                clock: Callable[[], float]) -> list[tuple[int, float, float, float]]:
+def bench_shape(n: int, k: int, rows: tuple[int, ...], clock: Callable[[], float],
+                calls: int) -> list[tuple[int, float, float, float]]:
     q, scale, offset = random_weight(n, k)
     tpacked, tsz = pack_int4_for_cpu(q, scale, offset)
     ours = pack_int4(q, scale, offset) if native() is not None else None
@@ -56,9 +57,9 @@ def bench_shape(n: int, k: int, rows: tuple[int, ...],
     out = []
     for m in rows:
         x = torch.randn(m, k).bfloat16()
-        t_torch = best_us(lambda: int4_matmul(x, tpacked, tsz), clock)
-        t_ours = best_us(lambda: int4_gemm(x, ours), clock) if ours is not None else float("nan")
-        t_dense = best_us(lambda: F.linear(x, dense), clock)
+        t_torch = median_us(lambda: int4_matmul(x, tpacked, tsz), clock, calls)
+        t_ours = median_us(lambda: int4_gemm(x, ours), clock, calls) if ours is not None else float("nan")
+        t_dense = median_us(lambda: F.linear(x, dense), clock, calls)
         out.append((m, t_torch, t_ours, t_dense))
     return out
 
@@ -67,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", type=int, nargs="*", default=list(ROWS))
+    ap.add_argument("--calls", type=int, default=50, help="timed calls per figure (the median counts)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if native() is None:
@@ -74,11 +76,11 @@ def main() -> None:
     # one thread runs in this thread, so its CPU time is the cost without other processes' share
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     kind = "thread CPU time" if args.threads == 1 else "wall time"
-    print(f"threads={args.threads}; {kind} in microseconds (best of 7 rounds)")
+    print(f"threads={args.threads}; median {kind} of one call, in microseconds (>= {args.calls} calls)")
     for n, k in SHAPES:
         print(f"\nweight {n}x{k}")
         print(f"{'M':>5} {'torch int4':>11} {'hastelm':>9} {'dense bf16':>11} {'vs torch':>9} {'vs own M=1':>11}")
-        rows = bench_shape(n, k, tuple(args.rows), clock)
+        rows = bench_shape(n, k, tuple(args.rows), clock, args.calls)
         base = rows[0][2]
         for m, a, b, c in rows:
             print(f"{m:>5} {a:>11.1f} {b:>9.1f} {c:>11.1f} {a / b:>8.2f}x {b / base:>10.2f}x")
