@@ -14,13 +14,13 @@
 // For each block of 16 output columns and each group of 32 k: 4 chunks of 64 bytes, then
 // 16 scales and 16 offsets, as fp16 (B = 320) when that is exact (Q4_0, Q4_1: their scales
 // are fp16 in the file; a fifth fewer bytes to stream) or else fp32 (B = 384, e.g. Q4_K).
-// Chunk c is 32 little-endian uint16 words; word w
-// belongs to column w/2 and holds, in nibble j, q[col][8c + 2j + w%2], so shifting the
-// chunk right by 4j and looking up the low nibble of each word yields the bf16 pairs that
-// `vdpbf16ps` multiplies with the broadcast activation pair (x[8c+2j], x[8c+2j+1]).
+// Chunk c is 32 little-endian uint16 words; word w belongs to column w/2 and holds, in nibble
+// j, q[col][8c + 2j + w%2], so shifting the chunk right by 4j and looking up the low nibble of
+// each word yields the bf16 pairs that `vdpbf16ps` multiplies with the broadcast activation
+// pair (x[8c+2j], x[8c+2j+1]).
 //
-// Everything here is compiled for AVX-512 under a target pragma; callers must check the CPU
-// (int4_cpu_supported) before calling, so the module still loads on other CPUs.
+// Everything but cpu_supported() is compiled for AVX-512 under a target pragma and must only
+// run after cpu_supported() said yes, so the module still loads on other CPUs.
 #pragma once
 
 #include <algorithm>
