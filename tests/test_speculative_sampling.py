@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hastelm.decoding.plain import StepOutcome
 from hastelm.decoding.sampling import Sampler, SamplingParams
 from hastelm.decoding.speculative import Controller, SpeculativeDecoding
 from hastelm.decoding.speculative.proposers.draft_model import DraftModel
@@ -78,18 +79,29 @@ def exact(llm_f32):
 
 
 def sample_counts(llm, strategy) -> dict[tuple[int, ...], int]:
+    """Outcomes of SAMPLES seeded requests. The prompt is prefilled once: each request samples its
+    first token from those logits as `LLM.prefill` would, then decodes with `strategy`."""
+    ids = llm.encode_prompt(PROMPT)
     counts: dict[tuple[int, ...], int] = {}
     accepted = 0
-    for seed in range(SAMPLES):
-        seq = llm.new_sequence(llm.encode_prompt(PROMPT), params(seed))
-        r = llm.advance(seq, llm.prefill(seq), 0.0)
-        out = list(r.tokens)
-        while r.finish_reason is None:
-            r = llm.advance(seq, strategy.step(llm.model, llm.cache, seq), 0.0)
-            out += r.tokens
-            accepted += r.accepted
-        llm.finish(seq, strategy)
-        counts[tuple(out)] = counts.get(tuple(out), 0) + 1
+    llm.cache.reset()
+    try:
+        first_logits = llm.model(torch.tensor([ids]), torch.arange(len(ids))[None], llm.cache,
+                                 last_only=True)[0, -1]
+        for seed in range(SAMPLES):
+            llm.cache.trim(llm.cache.length(0) - len(ids))
+            seq = llm.new_sequence(ids, params(seed))
+            r = llm.advance(seq, StepOutcome([seq.sampler.sample(first_logits, seq.ids)], [first_logits]), 0.0)
+            out = list(r.tokens)
+            while r.finish_reason is None:
+                r = llm.advance(seq, strategy.step(llm.model, llm.cache, seq), 0.0)
+                out += r.tokens
+                accepted += r.accepted
+            strategy.release(seq)
+            counts[tuple(out)] = counts.get(tuple(out), 0) + 1
+    finally:
+        llm.cache.reset()
+        llm.finish(llm.new_sequence(ids, params()), strategy)   # so the engine forgets its cached prefix
     assert accepted > SAMPLES // 4, "drafts were hardly ever accepted: speculation was not exercised"
     return counts
 
