@@ -15,6 +15,7 @@ not depend on its neighbours.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from .decoding.sampling import SamplingParams, top_logprobs
 from .decoding.sequence import Sequence
 from .decoding.step import StepResult, TokenLogprob
 from .errors import HastelmError
+
+log = logging.getLogger("hastelm.scheduler")
 
 Event = StepResult | BaseException
 Deliver = Callable[["Job", Event], None]
@@ -145,8 +148,13 @@ class Scheduler:
                     break
                 self._reap()
                 self._admit()
-            self._prefill()
-            self._decode()
+            try:
+                self._prefill()
+                self._decode()
+            except Exception as exc:   # a bug, not one request's fault: fail the running ones, keep serving
+                log.exception("scheduler step failed")
+                for job in [j for j in self.slots if j is not None]:
+                    self._fail(job, exc)
         self._shutdown()
 
     def _reap(self) -> None:
@@ -162,15 +170,20 @@ class Scheduler:
                 job = self.queue.popleft()
                 self.slots[slot] = job
                 try:
-                    job.strategy = self.llm.strategy(job.speculative or self.default_speculative)
-                except (HastelmError, ValueError, ImportError) as exc:   # unknown name and the like
-                    self._fail(job, StrategyError(str(exc)))
-                    continue
+                    job.strategy = self._strategy(job)
+                    job.seq = self.llm.new_sequence(job.ids, job.params, slot=slot, index=job.index)
                 except Exception as exc:
                     self._fail(job, exc)
                     continue
-                job.seq = self.llm.new_sequence(job.ids, job.params, slot=slot, index=job.index)
+                if job.prompt_logprobs is not None:
+                    job.prompt_scores = [None]        # nothing predicts the first prompt token
                 self.cache.reset(slot)
+
+    def _strategy(self, job: Job) -> Any:
+        try:
+            return self.llm.strategy(job.speculative or self.default_speculative)
+        except (HastelmError, ValueError, ImportError) as exc:   # an unknown name and the like
+            raise StrategyError(str(exc)) from exc
 
     def _prefilling(self) -> list[Job]:
         return [j for j in self.slots if j is not None and j.seq and self._todo(j) > 0]
@@ -201,8 +214,6 @@ class Scheduler:
         scoring = job.prompt_logprobs is not None
         logits = self.llm.model(toks, pos, self.cache, slots=[slot], last_only=not scoring)
         if scoring:
-            if lo == 0:
-                job.prompt_scores.append(None)    # nothing predicts the first token
             for i, tok in enumerate(job.ids[lo + 1:hi + 1]):
                 job.prompt_scores.append(TokenLogprob(tok, *top_logprobs(logits[0, i], tok, job.prompt_logprobs)))
         return hi - lo

@@ -101,6 +101,8 @@ def test_logprobs_and_echo_scoring_agree(client):
     for a, b in zip(s.token_logprobs[-3:], lp.token_logprobs):
         assert math.isclose(a, b, abs_tol=0.05)   # prefill vs decode numerics in the fast mode
     assert scored.usage.completion_tokens == 0
+    one = client.completions.create(model="smollm2-135m", prompt=[19556], max_tokens=0, echo=True, logprobs=0)
+    assert one.choices[0].logprobs.token_logprobs == [None] and one.choices[0].text == "Hello"
 
 
 def test_chat_logprobs(client):

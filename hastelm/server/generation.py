@@ -64,7 +64,10 @@ class Generation:
         state.metrics.prompt_tokens += sum(len(j.ids) for j in jobs)
 
     def _deliver(self, job: Job, event: Any) -> None:      # scheduler thread
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (job, event))
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (job, event))
+        except RuntimeError:      # the event loop is already closed (server shut down): nobody listens
+            pass
 
     @property
     def finished(self) -> bool:
