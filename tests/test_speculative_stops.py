@@ -11,7 +11,6 @@ import pytest
 from hastelm.decoding.sampling import SamplingParams
 from hastelm.decoding.speculative import Controller, SpeculativeDecoding
 from hastelm.decoding.speculative.proposers.trie import trie_tree
-from hastelm.decoding.speculative.verify import accept_greedy
 
 CHAT = "Reply with one short sentence: what colour is the sky on a clear day?"
 
@@ -114,9 +113,9 @@ def test_max_tokens_inside_an_accepted_draft(llm_f32, setup):
     SamplingParams(temperature=0, max_tokens=32, repetition_penalty=1.5, ignore_eos=True),
     SamplingParams(temperature=0, max_tokens=32, presence_penalty=1.5, frequency_penalty=1.0, ignore_eos=True),
 ])
-def test_penalties_use_the_history_along_the_path(llm_f32, sampling, monkeypatch):
+def test_penalties_use_the_history_along_the_path(llm_f32, sampling):
     """With penalties, a node's target depends on the draft tokens above it: drafts of the true
-    continuation are accepted exactly, and a verifier blind to the path would go wrong."""
+    continuation are accepted exactly, with the penalties applied along each path."""
     ids = llm_f32.encode_prompt("def add(a, b):\n    return a + b\n\n\ndef add3(a, b, c):\n")
     plain = llm_f32.generate([ids], sampling)[0]
     strategy = oracle_strategy(len(ids), plain.token_ids + [0] * 16, 8)
@@ -125,8 +124,3 @@ def test_penalties_use_the_history_along_the_path(llm_f32, sampling, monkeypatch
     assert sum(o.accepted for o in outcomes) >= len(tokens) // 2
     assert llm_f32.generate([ids], sampling, speculative="recycling@8")[0].token_ids == plain.token_ids
 
-    def blind(seq, tree, logits):        # penalises the prefix only, not the draft path
-        return accept_greedy(tree, lambda node, path: int(seq.sampler.process(logits[node], seq.ids).argmax()))
-
-    monkeypatch.setattr(SpeculativeDecoding, "_accept", staticmethod(blind))
-    assert run(llm_f32, ids, sampling, oracle_strategy(len(ids), plain.token_ids + [0] * 16, 8))[0] != tokens
