@@ -36,3 +36,13 @@ def llm_fast(smollm_path):
     """The default model in the fast CPU mode (packed int4 + bf16)."""
     from hastelm import LLM
     return LLM(str(smollm_path), dtype="auto", context_length=2048)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Engines under test set torch's thread count for themselves; later tests get it back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

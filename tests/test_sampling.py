@@ -85,3 +85,16 @@ def test_sampling_frequencies_follow_distribution():
     # 5 standard deviations of a binomial: fails by chance with probability < 1e-5
     for c, p in zip(counts.tolist(), probs.tolist()):
         assert abs(c - n * p) < 5 * math.sqrt(n * p * (1 - p))
+
+
+@pytest.mark.parametrize("params", [
+    {"top_p": 5e-324},                     # underflows to 0 in float32: the best token must survive
+    {"temperature": 1e-30},                # dividing by it overflows: treated as greedy
+    {"temperature": 0.5, "repetition_penalty": 1e-38},   # penalised logits overflow to inf
+])
+def test_extreme_values_still_give_a_distribution(params):
+    logits = torch.tensor([3.0, 1.0, -2.0, 0.5])
+    sampler = Sampler(SamplingParams(seed=0, **params))
+    probs = sampler.probs(logits, [0, 1])
+    assert torch.isfinite(probs).all() and probs.sum().item() == pytest.approx(1.0)
+    assert sampler.sample(logits, [0, 1]) in range(4)

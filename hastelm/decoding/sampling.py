@@ -13,6 +13,9 @@ import torch
 
 from ..errors import InvalidParameterError
 
+# Below this temperature sampling is argmax in all but name, and dividing by it overflows float32.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 @dataclass
 class SamplingParams:
@@ -51,7 +54,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:
@@ -83,6 +86,7 @@ class Sampler:
             sorted_logits, order = torch.sort(logits, descending=True)
             cum = sorted_logits.softmax(-1).cumsum(-1)
             drop = cum - sorted_logits.softmax(-1) >= p.top_p   # keep the token that crosses top_p
+            drop[0] = False     # and the best one, even when top_p underflows float32 (5e-324 -> 0)
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         if p.min_p > 0:
             probs = logits.softmax(-1)
@@ -105,20 +109,25 @@ class Sampler:
         """The distribution plain decoding samples from (one-hot at the argmax when greedy)."""
         processed = self.process(logits, history)
         if self.params.greedy:
-            return torch.nn.functional.one_hot(processed.argmax(), processed.shape[-1]).float()
-        return processed.softmax(-1)
+            return _one_hot_argmax(processed)
+        probs = processed.softmax(-1)
+        # extreme penalties can exclude or overflow everything; then only the best token is left
+        return probs if bool(torch.isfinite(probs).all()) else _one_hot_argmax(logits.float().cpu())
 
     def sample(self, logits: torch.Tensor, history: Sequence[int]) -> int:
-        processed = self.process(logits, history)
         if self.params.greedy:
-            return int(processed.argmax())
-        return int(torch.multinomial(processed.softmax(-1), 1, generator=self.generator))
+            return int(self.process(logits, history).argmax())
+        return self.sample_from(self.probs(logits, history))
 
     def sample_from(self, probs: torch.Tensor) -> int:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
     def uniform(self) -> float:
         return float(torch.rand((), generator=self.generator))
+
+
+def _one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(logits.argmax(), logits.shape[-1]).float()
 
 
 def top_logprobs(logits: torch.Tensor, token: int, n: int) -> tuple[float, list[tuple[int, float]]]:

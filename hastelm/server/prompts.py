@@ -12,7 +12,6 @@ from ..scheduler import Job
 from .errors import APIError, api_error
 from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 
-GREEDY_BELOW = 1e-5     # temperatures this small are greedy (dividing by them overflows the logits)
 MAX_STOP = 16
 
 
@@ -81,7 +80,7 @@ def sampling_params(req: SamplingFields, max_tokens: int, logprobs: int | None, 
     seed = None if req.seed is None else (req.seed + seed_offset) % 2**63   # choice i of n: seed + i
     try:
         return SamplingParams(
-            max_tokens=max(1, max_tokens), temperature=0.0 if temperature < GREEDY_BELOW else temperature,
+            max_tokens=max(1, max_tokens), temperature=temperature,
             top_k=max(0, req.top_k or 0), top_p=1.0 if req.top_p is None else req.top_p,
             min_p=req.min_p or 0.0, repetition_penalty=req.repetition_penalty,
             frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
