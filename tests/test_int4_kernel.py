@@ -11,7 +11,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from hastelm.quant import kernels
 from hastelm.quant.ggml_blocks import int4_groups
-from hastelm.quant.linear import Int4Linear
+from hastelm.quant.linear import DENSE_FROM_ROWS, Int4Linear
 
 U_FP32 = 2.0 ** -24   # unit roundoff of fp32 accumulation
 U_BF16 = 2.0 ** -8    # unit roundoff of rounding to bf16 (7 stored mantissa bits)
@@ -120,9 +120,14 @@ def test_int4_linear_uses_kernel(kernel) -> None:
     assert y.shape == (2, 5, 64) and y.dtype == torch.bfloat16
     ref = x.double() @ dequant(q, scale, offset).T + bias.bfloat16().double()
     torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=2e-2)
-    # prefill-sized inputs go through the same kernel: the rows equal the single-row results
-    many = torch.randn(130, 128).bfloat16()
-    assert torch.equal(lin(many)[7], lin(many[7:8])[0])
+    # decode and verification batches go through the kernel: each row equals its single-row result
+    some = torch.randn(DENSE_FROM_ROWS - 1, 128).bfloat16()
+    assert torch.equal(lin(some)[7], lin(some[7:8])[0])
+    # prefill-sized inputs run on the unpacked weight, whose values are the kernel's exactly
+    unpacked = lin.unpack()
+    assert torch.equal(unpacked.double(), dequant(q, scale, offset).bfloat16().double())
+    many = torch.randn(DENSE_FROM_ROWS, 128).bfloat16()
+    assert torch.equal(lin(many), torch.nn.functional.linear(many, unpacked) + lin.bias)
 
 
 def test_fallback_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from ..quant.linear import DenseLinear, Int4Linear, Int8Linear
 from .config import ModelConfig
 from .rope import interleave_permutation
-from .transformer import LayerWeights, Transformer
+from .transformer import LayerWeights, Transformer, residual_dtype
 from .weights import WeightSource
 
 MODES = ("float32", "bfloat16", "fast")
@@ -49,7 +49,8 @@ def _linear(src: WeightSource, names: list[str], mode: str, device: torch.device
     return DenseLinear(weight.to(device, dt), None if bias is None else bias.to(device, dt))
 
 
-def _int8(src: WeightSource, name: str, chunk_rows: int = 2048) -> Int8Linear:
+def _int8(src: WeightSource, name: str, chunk_rows: int = 512) -> Int8Linear:
+    # converted in row chunks: the table never exists in float32, and the transient stays small
     shape = src.shape(name)
     chunks = (src.float(name, slice(lo, lo + chunk_rows)) for lo in range(0, shape[0], chunk_rows))
     return Int8Linear.quantize(shape, chunks)
@@ -75,7 +76,7 @@ def build_transformer(config: ModelConfig, src: WeightSource, mode: str = "fast"
             w = w + 1.0
         if perm is not None:
             w = w[perm]
-        return w.to(device, dt)
+        return w.to(device, residual_dtype(dt, device))
 
     layers = []
     for i in range(c.num_hidden_layers):

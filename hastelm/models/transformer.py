@@ -18,6 +18,11 @@ from .config import ModelConfig
 from .rope import apply_rope, rope_table
 
 
+def residual_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The residual stream's dtype (norm weights are kept in it too)."""
+    return torch.float32 if dtype == torch.bfloat16 and device.type == "cpu" else dtype
+
+
 @dataclass
 class LayerWeights:
     attn_norm: torch.Tensor
@@ -45,7 +50,10 @@ class Transformer(nn.Module):
                  final_norm: torch.Tensor, lm_head: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         self.config = config
-        self.dtype = dtype                     # activation / KV-cache dtype
+        self.dtype = dtype                     # KV-cache, attention and matmul-input dtype
+        # the residual stream and its elementwise ops stay float32: CPU bf16 elementwise ops and
+        # mixed-dtype norms are slower than float32 ones, and the sums keep their precision
+        self.residual_dtype = residual_dtype(dtype, final_norm.device)
         self.embedding = embedding              # has .rows(tokens); may be lm_head itself (tied)
         self.layers = nn.ModuleList(Layer(w) for w in layers)
         self.register_buffer("final_norm", final_norm, persistent=False)
@@ -82,9 +90,9 @@ class Transformer(nn.Module):
         return cur
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embedding.rows(tokens).to(self.dtype)
+        x = self.embedding.rows(tokens).to(self.residual_dtype)
         if self.embed_scale is not None:
-            x = x * torch.tensor(self.embed_scale, dtype=self.dtype)
+            x = x * torch.tensor(self.embed_scale, dtype=self.dtype).to(self.residual_dtype)
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -211,13 +219,13 @@ class Transformer(nn.Module):
             values[write] = v
             sl = torch.tensor(slots, device=self.device)
             att = self._attend(q, keys[sl, :L], values[sl, :L], mask)
-        att = layer.o(att.transpose(1, 2).reshape(B, T, nq * hd)).to(self.dtype)
+        att = layer.o(att.transpose(1, 2).reshape(B, T, nq * hd)).to(self.residual_dtype)
         if layer.post_attn_norm is not None:
             att = F.rms_norm(att, (att.shape[-1],), layer.post_attn_norm, eps)
         x = x + att
         h = F.rms_norm(x, (x.shape[-1],), layer.ffn_norm, eps)
         gate, up = layer.gate_up(h).chunk(2, dim=-1)
-        f = layer.down(self.act(gate) * up).to(self.dtype)
+        f = layer.down(self.act(gate) * up).to(self.residual_dtype)
         if layer.post_ffn_norm is not None:
             f = F.rms_norm(f, (f.shape[-1],), layer.post_ffn_norm, eps)
         return x + f

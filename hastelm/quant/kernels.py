@@ -84,9 +84,9 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> tor
     t = q.to(torch.uint8).reshape(nb, BLOCK_COLS, k // 8, 4, 2).permute(0, 2, 1, 4, 3)
     nibbles = (t[..., 0::2] | (t[..., 1::2] << 4)).reshape(nb, g, 256)
     sz = torch.stack((scale, offset)).to(torch.float32)
-    half = sz.to(torch.float16)
-    if torch.equal(half.float(), sz):   # Q4_0/Q4_1 scales are fp16 in the file: nothing is lost
-        sz = half
+    sz16 = sz.to(torch.float16)
+    if torch.equal(sz16.float(), sz):   # Q4_0/Q4_1 scales are fp16 in the file: nothing is lost
+        sz = sz16
     sz = sz.reshape(2, nb, BLOCK_COLS, g).permute(1, 3, 0, 2).contiguous().view(torch.uint8)
     return torch.cat((nibbles, sz.reshape(nb, g, -1)), dim=2).contiguous()
 
@@ -102,3 +102,11 @@ def int4_gemm(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
     y = mod.int4_gemm(x2, packed, x.dtype == torch.float32)
     return y.reshape(*lead, y.shape[-1]).to(x.dtype)
+
+
+def int4_unpack(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """The dense bf16 weight `[N, K]` of a `pack_int4` weight (each value rounded once)."""
+    mod = _load()
+    if mod is None:
+        raise RuntimeError("the int4 kernel is not available on this machine")
+    return mod.int4_unpack(packed, in_features)

@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ggml_blocks import int4_matmul, pack_int4_for_cpu
-from .kernels import int4_gemm, native, pack_int4
+from .kernels import int4_gemm, int4_unpack, native, pack_int4
 
-# Rows of input at which unpack + dense bf16 GEMM beats torch's int4 op (measured on a 2-core
-# AVX-512 CPU: int4 11.6 ms vs unpack 1.4 ms + bf16 5.1 ms for 512x576 @ 576x3072).
-DENSE_FROM_ROWS = 96
+# Rows of input from which unpack + dense bf16 GEMM beats the int4 kernels (2-core AVX-512 CPU,
+# 3072x576 weight: torch's op 11.1 ms, hastelm's 9.7 ms, dense 4.4 ms at 512 rows; hastelm's
+# 2.4 ms vs dense 1.1 ms + unpack at 128). Decode and verification batches stay below it, so
+# their rows keep the kernel's batch-size-independent numerics.
+DENSE_FROM_ROWS = 128
 
 
 class DenseLinear(nn.Module):
@@ -59,12 +61,14 @@ class Int4Linear(nn.Module):
         self.can_unpack = not self.native and self.out_features % 64 == 0
 
     def unpack(self) -> torch.Tensor:
-        """The dense weight `[out, in]` in the activation dtype (torch's packing only).
+        """The dense weight `[out, in]` in the activation dtype.
 
-        The CPU packing stores, per block of 64 output rows and per input column, 32 bytes whose
+        torch's CPU packing stores, per block of 64 output rows and per input column, 32 bytes whose
         low nibbles are rows 0-31 and high nibbles rows 32-63 of the block.
         """
         n, k = self.out_features, self.in_features
+        if self.native:
+            return int4_unpack(self.packed, k)
         blocks = self.packed.view(n // 64, k, 32)
         q = torch.cat([blocks & 15, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k // 32, 32)
         sz = self.scales_and_zeros.transpose(0, 1)          # [out, groups, 2]
@@ -72,11 +76,11 @@ class Int4Linear(nn.Module):
         return w.view(n, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.native:
-            out = int4_gemm(x.to(self.dtype), self.packed)
-            return out if self.bias is None else out + self.bias
         rows = x.numel() // x.shape[-1]
-        if rows >= DENSE_FROM_ROWS and self.can_unpack:
+        if self.native and rows < DENSE_FROM_ROWS:
+            # float32 inputs are rounded to bf16 inside the kernel, which then returns float32
+            out = int4_gemm(x if x.dtype == torch.float32 else x.to(self.dtype), self.packed)
+        elif rows >= DENSE_FROM_ROWS and (self.native or self.can_unpack):
             out = F.linear(x.to(self.dtype), self.unpack())
         else:
             out = int4_matmul(x.to(self.dtype), self.packed, self.scales_and_zeros, self.group_size)
