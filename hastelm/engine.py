@@ -16,7 +16,7 @@ from .errors import ContextOverflowError, HastelmError, InvalidParameterError
 from .models.loader import load_model
 from .models.registry import DEFAULT_MODEL
 
-PREFILL_CHUNK = 512   # long prompts run in chunks: bounded activation memory, same logits
+PREFILL_CHUNK = 256   # long prompts run in chunks: bounded activation memory (llama.cpp: n_ubatch)
 
 
 def resolve_device(device: str) -> torch.device:
