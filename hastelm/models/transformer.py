@@ -195,7 +195,7 @@ class Transformer(nn.Module):
         nq, nkv, hd = self.n_q, self.n_kv, self.head_dim
         h = F.rms_norm(x, (x.shape[-1],), layer.attn_norm, eps)
         qkv = layer.qkv(h).view(B, T, nq + 2 * nkv, hd)
-        qk, v = qkv[:, :, :nq + nkv], qkv[:, :, nq + nkv:]
+        qk, v = qkv[:, :, :nq + nkv], qkv[:, :, nq + nkv:].to(self.dtype)
         if layer.qk_norm is not None:
             qk = F.rms_norm(qk, (hd,), None, eps) * layer.qk_norm
         qk = apply_rope(qk, rot).to(self.dtype)
