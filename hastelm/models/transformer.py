@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kv.cache import KVCache
+from ..quant.kernels import decode_attention, native
 from .config import ModelConfig
 from .rope import apply_rope, rope_table
 
@@ -62,6 +63,9 @@ class Transformer(nn.Module):
         self.n_q, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         self.embed_scale = c.hidden_size ** 0.5 if c.is_gemma else None
         self.act = (lambda x: F.gelu(x, approximate="tanh")) if c.hidden_activation.startswith("gelu") else F.silu
+        # bf16 CPU decode: hastelm's one-token attention kernel, batch-independent per row
+        self.decode_kernel = (dtype == torch.bfloat16 and self.device.type == "cpu" and self.head_dim % 16 == 0
+                              and self.head_dim <= 256 and native() is not None)
         self._rope_global: torch.Tensor | None = None
         self._rope_local: torch.Tensor | None = None
 
@@ -187,6 +191,13 @@ class Transformer(nn.Module):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2).to(q.dtype),
             attn_mask=mask, scale=self.config.attn_scale, enable_gqa=self.n_kv != self.n_q)
 
+    def _decode_attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int],
+                          lengths: list[int], mask: torch.Tensor | None) -> torch.Tensor:
+        """One query token per row `[B, 1, H, D]` over each slot's cached prefix -> `[B, H, 1, D]`."""
+        scale = self.config.attn_scale or self.head_dim ** -0.5
+        visible = None if mask is None else mask[:, 0, 0]
+        return decode_attention(q[:, 0], keys, values, slots, lengths, visible, scale).unsqueeze(2)
+
     def _layer(self, i: int, x: torch.Tensor, cache: KVCache, slots: list[int], write: tuple,
                L: int, mask: torch.Tensor | None, rot: torch.Tensor) -> torch.Tensor:
         layer = self.layers[i]
@@ -205,15 +216,22 @@ class Transformer(nn.Module):
             s, st = write
             keys[s, st:st + T] = k[0]
             values[s, st:st + T] = v[0]
-            att = self._attend(q, keys[s:s + 1, :L], values[s:s + 1, :L], mask)
+            if T == 1 and self.decode_kernel:
+                att = self._decode_attention(q, keys, values, [s], [st + 1], mask)
+            else:
+                att = self._attend(q, keys[s:s + 1, :L], values[s:s + 1, :L], mask)
         elif T == 1:
             keys[write] = k
             values[write] = v
             # a decode batch: each row attends over its own prefix only, exactly as it would alone
             # (padding rows to the longest one changes the kernel's summation order)
-            att = torch.cat([self._attend(q[r:r + 1], keys[s:s + 1, :n], values[s:s + 1, :n],
-                                          None if mask is None else mask[r:r + 1, ..., :n])
-                             for r, (s, n) in enumerate((s, cache.lengths[s] + 1) for s in slots)])
+            if self.decode_kernel:
+                lengths = [cache.lengths[s] + 1 for s in slots]
+                att = self._decode_attention(q, keys, values, slots, lengths, mask)
+            else:
+                att = torch.cat([self._attend(q[r:r + 1], keys[s:s + 1, :n], values[s:s + 1, :n],
+                                              None if mask is None else mask[r:r + 1, ..., :n])
+                                 for r, (s, n) in enumerate((s, cache.lengths[s] + 1) for s in slots)])
         else:
             keys[write] = k
             values[write] = v

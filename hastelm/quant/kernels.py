@@ -2,7 +2,8 @@
 
 `int4_gemm` multiplies bf16 activations by a groupwise-int4 weight packed by `pack_int4`
 (csrc/int4_kernel.h: AVX512-BF16 `vdpbf16ps`, fp32 accumulation, rows bit-identical for any
-batch size). The extension is built once into ~/.cache/hastelm/torch_extensions (or under
+batch size); `decode_attention` is one-token attention over each row's own cached keys
+(csrc/decode_attention.h: a row's result does not depend on the rest of the batch). The extension is built once into ~/.cache/hastelm/torch_extensions (or under
 $XDG_CACHE_HOME) and reused.
 `native()` returns None when it cannot be used: HASTELM_NO_KERNELS=1, no compiler, a failed
 build, or a CPU without AVX512-BF16. Callers then use torch's own int4 op.
@@ -20,13 +21,13 @@ import torch
 
 GROUP = 32          # k values per scale/offset group
 BLOCK_COLS = 16     # output columns per packed block
-_SOURCES = [Path(__file__).parent / "csrc" / "int4_gemm.cpp"]   # includes csrc/int4_kernel.h
+_SOURCES = [Path(__file__).parent / "csrc" / "cpu_kernels.cpp"]   # includes the csrc/*.h kernels
 
 
 def build_dir() -> Path:
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info.major}{sys.version_info.minor}"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "hastelm" / "torch_extensions" / f"int4_gemm-{tag}"
+    return cache / "hastelm" / "torch_extensions" / f"cpu_kernels-{tag}"
 
 
 def _ninja_on_path() -> None:
@@ -53,8 +54,8 @@ def _load() -> ModuleType | None:
         path = build_dir()
         path.mkdir(parents=True, exist_ok=True)
         if not any(path.glob("*.so")):
-            print("hastelm: compiling the int4 kernel (once; about a minute)", file=sys.stderr)
-        mod = load(name="hastelm_int4_gemm", sources=[str(s) for s in _SOURCES],
+            print("hastelm: compiling the CPU kernels (once; about a minute)", file=sys.stderr)
+        mod = load(name="hastelm_cpu_kernels", sources=[str(s) for s in _SOURCES],
                    extra_cflags=["-O3"], build_directory=str(path), verbose=False)
     except Exception as exc:  # no compiler, no ninja, build error: fall back, but say why once
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -110,3 +111,16 @@ def int4_unpack(packed: torch.Tensor, in_features: int) -> torch.Tensor:
     if mod is None:
         raise RuntimeError("the int4 kernel is not available on this machine")
     return mod.int4_unpack(packed, in_features)
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int],
+                     lengths: list[int], visible: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """One-token attention: q `[B, Hq, D]` bf16 over positions `[0, lengths[b])` of cache slot
+    `slots[b]` (layer tensors `[S, C, Hkv, D]`), where `visible` `[B, L]` allows -> `[B, Hq, D]`."""
+    mod = _load()
+    if mod is None:
+        raise RuntimeError("the CPU kernels are not available on this machine")
+    none = torch.empty(0, dtype=torch.bool)
+    return mod.decode_attention(q.contiguous(), keys, values, torch.tensor(slots, dtype=torch.long),
+                                torch.tensor(lengths, dtype=torch.long),
+                                none if visible is None else visible.contiguous(), scale)

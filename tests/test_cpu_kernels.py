@@ -159,3 +159,31 @@ def test_pack_rejects_bad_shapes() -> None:
     q = torch.zeros(24, 64, dtype=torch.uint8)
     with pytest.raises(ValueError, match="rows % 16"):
         kernels.pack_int4(q, torch.ones(24, 2), torch.zeros(24, 2))
+
+
+@needs_kernel
+def test_decode_attention_matches_sdpa_and_ignores_the_rest_of_the_batch(kernel) -> None:
+    g = torch.Generator().manual_seed(0)
+    slots, capacity, kv_heads, head_dim, q_heads = 3, 64, 3, 64, 9
+    keys = torch.randn(slots, capacity, kv_heads, head_dim, generator=g).bfloat16()
+    values = torch.randn(slots, capacity, kv_heads, head_dim, generator=g).bfloat16()
+    q = torch.randn(2, q_heads, head_dim, generator=g).bfloat16()
+    rows_slots, lengths = [2, 0], [40, 7]
+    visible = torch.ones(2, 40, dtype=torch.bool)
+    visible[0, :5] = False                      # e.g. a sliding window
+    out = kernels.decode_attention(q, keys, values, rows_slots, lengths, visible, 0.125)
+    for b, (s, n) in enumerate(zip(rows_slots, lengths)):
+        k = keys[s, :n].float().repeat_interleave(3, dim=1).transpose(0, 1)
+        v = values[s, :n].float().repeat_interleave(3, dim=1).transpose(0, 1)
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q[b].float()[:, None], k, v, attn_mask=visible[b, :n][None, None], scale=0.125)[:, 0]
+        torch.testing.assert_close(out[b].float(), ref, atol=8e-3, rtol=8e-3)   # bf16 output rounding
+    # a row's result is the same alone, in another batch, and with another thread count
+    alone = kernels.decode_attention(q[1:], keys, values, rows_slots[1:], lengths[1:], visible[1:, :7], 0.125)
+    assert torch.equal(alone[0], out[1])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(kernels.decode_attention(q, keys, values, rows_slots, lengths, visible, 0.125), out)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,4 +1,5 @@
-// Python binding of the W4A16 int4 GEMM (int4_kernel.h): checks, per-row prologue, threads.
+// Python bindings of hastelm's CPU kernels: the W4A16 int4 GEMM (int4_kernel.h) and one-token
+// decode attention (decode_attention.h): checks, per-row prologue, threads.
 // Only the ATen/pybind headers it needs: a third of <torch/extension.h>'s compile time.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -7,6 +8,7 @@
 #include <c10/util/Half.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include "decode_attention.h"
 #include "int4_kernel.h"
 
 namespace {
@@ -91,10 +93,61 @@ at::Tensor int4_unpack(const at::Tensor& w, int64_t K) {
   return out;
 }
 
+// q [B, Hq, D] bf16; keys/values: a layer of the KV cache, [S, C, Hkv, D] bf16; row b attends
+// over positions [0, lengths[b]) of slot slots[b] where `visible` [B, >= max length] (bool) is
+// true, or over all of them when `visible` is empty. Returns [B, Hq, D] bf16.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                            const at::Tensor& slots, const at::Tensor& lengths, const at::Tensor& visible,
+                            double scale) {
+  TORCH_CHECK(cpu_supported(), "decode_attention needs a CPU with AVX-512");
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kBFloat16 && q.is_contiguous(), "q must be contiguous [B, Hq, D] bf16");
+  TORCH_CHECK(keys.dim() == 4 && keys.sizes() == values.sizes() && keys.scalar_type() == at::kBFloat16 &&
+              values.scalar_type() == at::kBFloat16 && keys.is_contiguous() && values.is_contiguous(),
+              "keys and values must be contiguous [S, C, Hkv, D] bf16");
+  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2), C = keys.size(1), Hkv = keys.size(2);
+  TORCH_CHECK(keys.size(3) == D && D % 16 == 0 && D <= hastelm_attention::kMaxHeadDim && Hq % Hkv == 0,
+              "head sizes do not match");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong &&
+              slots.numel() == B && lengths.numel() == B, "slots and lengths must be int64 [B]");
+  const bool masked = visible.numel() > 0;
+  TORCH_CHECK(!masked || (visible.dim() == 2 && visible.size(0) == B && visible.scalar_type() == at::kBool &&
+                          visible.is_contiguous()), "visible must be contiguous bool [B, L]");
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  int64_t longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(slot[b] >= 0 && slot[b] < keys.size(0) && len[b] >= 1 && len[b] <= C &&
+                (!masked || len[b] <= visible.size(1)), "slot or length out of range");
+    longest = std::max(longest, len[b]);
+  }
+  auto out = at::empty({B, Hq, D}, q.options());
+#ifdef HASTELM_X86
+  const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr());
+  const auto* kp = reinterpret_cast<const uint16_t*>(keys.data_ptr());
+  const auto* vp = reinterpret_cast<const uint16_t*>(values.data_ptr());
+  const bool* vis = masked ? visible.data_ptr<bool>() : nullptr;
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
+  const int64_t ld = Hkv * D, group = Hq / Hkv;
+  at::parallel_for(0, B * Hq, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scores(longest), result(D);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / Hq, h = t % Hq;
+      const int64_t base = (slot[b] * C) * ld + (h / group) * D;
+      hastelm_attention::attend_one(qp + t * D, kp + base, vp + base, ld, len[b],
+                                    vis == nullptr ? nullptr : vis + b * visible.size(1),
+                                    static_cast<int>(D), static_cast<float>(scale), scores.data(), result.data());
+      store_bf16(result.data(), op + t * D, D);
+    }
+  });
+#endif
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernel uses");
   m.def("int4_gemm", &int4_gemm, "y = x @ W.T for a groupwise-int4 W packed by pack_int4");
+  m.def("decode_attention", &decode_attention, "one-token attention over each row's cached keys");
   m.def("int4_unpack", &int4_unpack, "the dense bfloat16 [N, K] weight of a pack_int4 weight");
 }
