@@ -6,7 +6,8 @@ One background thread owns a multi-slot KV cache (`max_batch` slots). Every iter
 3. prefills prompts in chunks of `prefill_chunk` tokens (at most about one chunk's worth per
    iteration, so a long prompt never stalls the streams already running for long),
 4. runs one decode step for every request past its prefill: plain requests share one batched
-   forward (`PlainDecoding.step_batch`), requests with a speculative proposer step on their own.
+   forward (`PlainDecoding.step_batch`); requests with the same speculative proposer verify their
+   draft trees together in one forward (`SpeculativeDecoding.step_batch`).
 
 Prefill covers `ids[:-1]`; the last prompt token is the sequence's pending token, so the first
 output token comes from an ordinary decode step, the same path as every later token. Chunk
@@ -223,30 +224,25 @@ class Scheduler:
         for job in [j for j in ready if j.score_only]:
             self._emit(job, StepResult(job.index, [], "", finish_reason="length"))
         ready = [j for j in ready if not j.score_only]
-        plain = [j for j in ready if j.strategy is self.llm.plain]
-        if plain:
-            self.decode_steps += 1
-            self.decode_rows += len(plain)
-            self.peak_batch = max(self.peak_batch, len(plain))
+        groups: dict[int, list[Job]] = {}
+        for job in ready:       # one forward per strategy: plain rows together, each proposer's trees together
+            groups.setdefault(id(job.strategy), []).append(job)
+        for jobs in groups.values():
+            strategy = jobs[0].strategy
+            if strategy is self.llm.plain:
+                self.decode_steps += 1
+                self.decode_rows += len(jobs)
+                self.peak_batch = max(self.peak_batch, len(jobs))
             t0 = time.perf_counter()
             try:
-                outcomes = self.llm.plain.step_batch(self.llm.model, self.cache, [j.seq for j in plain])
+                outcomes = strategy.step_batch(self.llm.model, self.cache, [j.seq for j in jobs])
             except Exception as exc:
-                for job in plain:
+                for job in jobs:
                     self._fail(job, exc)
-            else:
-                elapsed = time.perf_counter() - t0
-                for job, outcome in zip(plain, outcomes):
-                    self._advance(job, outcome, elapsed)
-        for job in ready:
-            if job.strategy is not self.llm.plain:
-                t0 = time.perf_counter()
-                try:
-                    outcome = job.strategy.step(self.llm.model, self.cache, job.seq)
-                except Exception as exc:
-                    self._fail(job, exc)
-                    continue
-                self._advance(job, outcome, time.perf_counter() - t0)
+                continue
+            elapsed = time.perf_counter() - t0
+            for job, outcome in zip(jobs, outcomes):
+                self._advance(job, outcome, elapsed)
 
     def _advance(self, job: Job, outcome: StepOutcome, elapsed: float) -> None:
         try:

@@ -1,5 +1,6 @@
 """Greedy speculative decoding is token-identical to plain greedy decoding, on the real default model
-in float32, for every proposer: 10 prompts x 256 new tokens each.
+in float32, for every proposer: 10 prompts x 256 new tokens each, decoded together in one continuous
+batch (one verification forward for all draft trees per step), plus one prompt alone.
 
 A forward over many tokens and one over a single token may differ in the last bits, so where the
 two outputs part, the test shows that the target's two candidate tokens are tied there (logit gap
@@ -51,38 +52,37 @@ def prompts(llm_f32) -> list[list[int]]:
 PARAMS = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
 
 
-def run_strategy(llm, ids: list[int], params: SamplingParams, strategy) -> list[int]:
-    """The engine's request loop with an explicit strategy object (public API only)."""
-    seq = llm.new_sequence(ids, params)
-    r = llm.advance(seq, llm.prefill(seq), 0.0)
-    out = list(r.tokens)
-    try:
-        while r.finish_reason is None:
-            r = llm.advance(seq, strategy.step(llm.model, llm.cache, seq), 0.0)
-            out += r.tokens
-    finally:
-        llm.finish(seq, strategy)
-    return out
-
-
-@pytest.fixture(scope="module")
-def references(llm_f32, prompts) -> list[list[int]]:
-    """Plain greedy outputs, all prompts decoded together (one batched plain step per token)."""
-    llm, plain = llm_f32, PlainDecoding()
-    cache = llm.model.new_cache(max(map(len, prompts)) + NEW_TOKENS + 1, slots=len(prompts))
+def decode_all(llm, prompts: list[list[int]], strategy) -> tuple[list[list[int]], int, int]:
+    """All prompts decoded together, one `step_batch` per step (the server's continuous batch):
+    (outputs, accepted draft tokens, steps)."""
+    cache = llm.model.new_cache(max(map(len, prompts)) + NEW_TOKENS + 80, slots=len(prompts))
     seqs = [llm.new_sequence(ids, PARAMS, slot=i, index=i) for i, ids in enumerate(prompts)]
     outs: list[list[int]] = [[] for _ in prompts]
+    accepted = steps = 0
     active = []
     for s in seqs:
         r = llm.advance(s, llm.prefill(s, cache=cache, reuse_prefix=False), 0.0)
         outs[s.index] += r.tokens
         active.append(s)
-    while active:
-        results = [llm.advance(s, o, 0.0) for s, o in zip(active, plain.step_batch(llm.model, cache, active))]
-        for s, r in zip(active, results):
-            outs[s.index] += r.tokens
-        active = [s for s, r in zip(active, results) if r.finish_reason is None]
-    return outs
+    try:
+        while active:
+            outcomes = strategy.step_batch(llm.model, cache, active)
+            accepted += sum(o.accepted for o in outcomes)
+            steps += len(outcomes)
+            results = [llm.advance(s, o, 0.0) for s, o in zip(active, outcomes)]
+            for s, r in zip(active, results):
+                outs[s.index] += r.tokens
+            active = [s for s, r in zip(active, results) if r.finish_reason is None]
+    finally:
+        for s in seqs:
+            strategy.release(s)
+    return outs, accepted, steps
+
+
+@pytest.fixture(scope="module")
+def references(llm_f32, prompts) -> list[list[int]]:
+    """Plain greedy outputs, all prompts decoded together (one batched plain step per token)."""
+    return decode_all(llm_f32, prompts, PlainDecoding())[0]
 
 
 def logit_gap(llm, ids: list[int], a: int, b: int) -> float:
@@ -108,18 +108,16 @@ def assert_same_or_tied(llm, prompts, references, outputs) -> int:
     return compared
 
 
-def check_strategy(llm, prompts, references, name: str, min_accepted: float) -> None:
+def check_strategy(llm, prompts, references, name: str, min_accepted: float, alone: bool = False) -> None:
     strategy = llm.strategy(name)
-    outputs, accepted, steps = [], 0, 0
-    for ids in prompts:
-        completion = llm.generate([ids], PARAMS, speculative=name)[0]
-        outputs.append(completion.token_ids)
-        accepted += completion.accepted
-        steps += completion.steps
+    outputs, accepted, steps = decode_all(llm, prompts, strategy)
     compared = assert_same_or_tied(llm, prompts, references, outputs)
     assert compared >= 0.8 * NEW_TOKENS * len(prompts)     # ties are rare, not the rule
     # the drafts were really verified and accepted: the test exercised speculation
     assert accepted / steps >= min_accepted, f"{strategy.name}: {accepted / steps:.2f} accepted per step"
+    if alone:   # one request through the public API (a batch of one) gives the same tokens
+        single = llm.generate([prompts[0]], PARAMS, speculative=name)[0].token_ids
+        assert_same_or_tied(llm, prompts[:1], references[:1], [single])
 
 
 @pytest.mark.parametrize("name, min_accepted", [("pld@8", 0.3), ("recycling@8", 0.3), ("lookahead@8", 0.3)])
@@ -128,7 +126,7 @@ def test_greedy_free_proposers_match_plain(llm_f32, prompts, references, name, m
 
 
 def test_greedy_auto_controller_matches_plain(llm_f32, prompts, references):
-    check_strategy(llm_f32, prompts, references, "auto", 0.0)
+    check_strategy(llm_f32, prompts, references, "auto", 0.0, alone=True)
 
 
 def test_greedy_layerskip_matches_plain(llm_f32, prompts, references):
@@ -138,5 +136,6 @@ def test_greedy_layerskip_matches_plain(llm_f32, prompts, references):
 def test_greedy_draft_model_matches_plain(llm_f32, llm_fast, prompts, references):
     """The draft is the same network in the packed int4 mode: cheap, close, not identical."""
     strategy = SpeculativeDecoding("draft-int4", [DraftModel(llm_fast.model)], Controller(fixed=4))
-    outputs = [run_strategy(llm_f32, ids, PARAMS, strategy) for ids in prompts]
+    outputs, accepted, steps = decode_all(llm_f32, prompts, strategy)
     assert assert_same_or_tied(llm_f32, prompts, references, outputs) >= 0.8 * NEW_TOKENS * len(prompts)
+    assert accepted / steps >= 0.5

@@ -44,6 +44,11 @@ class KVCache:
             self._zero(slot, start + n)
         return start
 
+    def zero_to(self, slot: int, end: int) -> None:
+        """Make `[0, end)` of `slot` safe to read (a batch attends up to its longest row's end)."""
+        if end > self.zeroed[slot]:
+            self._zero(slot, end)
+
     def _zero(self, slot: int, end: int) -> None:
         lo, hi = self.zeroed[slot], min(self.capacity, max(end, self.zeroed[slot] + self.ZERO_CHUNK))
         for layer in self.keys + self.values:

@@ -121,6 +121,9 @@ class Transformer(nn.Module):
         slots = list(range(B)) if slots is None else list(slots)
         starts = [cache.reserve(s, T) for s in slots]
         L = max(starts) + T
+        if len(slots) > 1 and T > 1:    # shorter rows read up to L (masked, but never NaN garbage)
+            for s in slots:
+                cache.zero_to(s, L)
         write = self._write_plan(cache, slots, starts, positions, T)
         masks = self._masks(cache, slots, starts, positions, T, L, tree_mask)
         rot_g = self._rope(False, int(positions.max()) + 1)[positions]

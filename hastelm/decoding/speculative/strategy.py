@@ -7,6 +7,7 @@ worth verifying is exactly a plain step: the same forward, the same sampling, th
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -15,11 +16,19 @@ from ...models.transformer import Transformer
 from ..plain import StepOutcome
 from ..sequence import Sequence
 from .controller import Controller
-from .cost import cost_model
+from .cost import CostModel, cost_model
 from .proposers.base import Budget, Feedback, Proposer
 from .shadow import Shadows
 from .tree import DraftTree
 from .verify import Acceptance, accept_greedy, accept_sampling
+
+
+@dataclass
+class _Planned:
+    tree: DraftTree        # what this step verifies (empty: a plain step)
+    base: int              # cache index of the pending token's entry
+    root: int              # its RoPE position
+    costs: CostModel | None
 
 
 class SpeculativeDecoding:
@@ -31,37 +40,33 @@ class SpeculativeDecoding:
 
     # ---- the engine's strategy protocol ---------------------------------------------------
     def step(self, model: Transformer, cache: KVCache, seq: Sequence) -> StepOutcome:
-        shadows = self._shadows(seq)
-        shadows.resolve(seq.ids)
-        base = cache.length(seq.slot)          # where the pending token's entry goes
-        root_pos = len(seq.ids) - 1            # and its RoPE position
-        budget = Budget(nodes=min(self.controller.max_nodes, cache.capacity - base - 1),
-                        depth=seq.stopper.limit - seq.stopper.count - 1, cache=cache)
-        costs = None
-        if self.controller.fixed is None:
-            costs = cost_model(model, cache, seq.slot, self.controller.max_nodes + 1)
-        plan = self.controller.plan(self.proposers, seq, budget, costs, shadows, root_pos)
-        tree = plan.tree.limit_depth(max(budget.depth, 0))
-        t0 = time.perf_counter()
-        logits = self._forward(model, cache, seq, tree, root_pos)
-        acceptance = self._accept(seq, tree, logits)
-        t1 = time.perf_counter()
-        if len(tree):
-            cache.keep_tail(base, [0, *acceptance.nodes], seq.slot)
-        feedback = Feedback(tree, logits, acceptance, seq.pending, root_pos)
-        for p in self.proposers:
-            p.update(seq, feedback)
-        t2 = time.perf_counter()
-        if costs is not None:
-            costs.observe(len(tree) + 1, t1 - t0)
-            if len(tree):
-                self.controller.observe_overhead(t2 - t1)
-        emitted = [logits[0], *(logits[n] for n in acceptance.nodes)]
-        return StepOutcome(acceptance.tokens, emitted, acceptance.accepted, len(tree))
+        return self.step_batch(model, cache, [seq])[0]
 
     def step_batch(self, model: Transformer, cache: KVCache, seqs: list[Sequence]) -> list[StepOutcome]:
-        # trees differ per request, so each is verified on its own
-        return [self.step(model, cache, s) for s in seqs]
+        """Propose for every request, verify all their trees in one forward (continuous batching),
+        then accept, compact and feed back per request."""
+        plans = [self._plan(model, cache, s) for s in seqs]
+        t0 = time.perf_counter()
+        logits = self._verify(model, cache, seqs, plans)
+        acceptances = [self._accept(s, p.tree, lg) for s, p, lg in zip(seqs, plans, logits)]
+        t1 = time.perf_counter()
+        outcomes = []
+        for seq, plan, lg, acceptance in zip(seqs, plans, logits, acceptances):
+            tree = plan.tree
+            # the accepted path stays; rejected nodes and a batch's padding entries go
+            cache.keep_tail(plan.base, [0, *acceptance.nodes], seq.slot)
+            feedback = Feedback(tree, lg, acceptance, seq.pending, plan.root)
+            for p in self.proposers:
+                p.update(seq, feedback)
+            emitted = [lg[0], *(lg[n] for n in acceptance.nodes)]
+            outcomes.append(StepOutcome(acceptance.tokens, emitted, acceptance.accepted, len(tree)))
+        t2 = time.perf_counter()
+        # the cost curve is that of one sequence's forward; batched steps do not feed it
+        if len(seqs) == 1 and plans[0].costs is not None:
+            plans[0].costs.observe(len(plans[0].tree) + 1, t1 - t0)
+            if len(plans[0].tree):
+                self.controller.observe_overhead(t2 - t1)
+        return outcomes
 
     def release(self, seq: Sequence) -> None:
         seq.strategy_state.pop(self._key, None)
@@ -72,14 +77,48 @@ class SpeculativeDecoding:
     def _shadows(self, seq: Sequence) -> Shadows:
         return seq.strategy_state.setdefault(self._key, Shadows())
 
+    def _plan(self, model: Transformer, cache: KVCache, seq: Sequence) -> _Planned:
+        shadows = self._shadows(seq)
+        shadows.resolve(seq.ids)
+        base = cache.length(seq.slot)          # where the pending token's entry goes
+        root = len(seq.ids) - 1                # and its RoPE position
+        budget = Budget(nodes=min(self.controller.max_nodes, cache.capacity - base - 1),
+                        depth=seq.stopper.limit - seq.stopper.count - 1, cache=cache)
+        costs = None
+        if self.controller.fixed is None:
+            costs = cost_model(model, cache, seq.slot, self.controller.max_nodes + 1)
+        plan = self.controller.plan(self.proposers, seq, budget, costs, shadows, root)
+        return _Planned(plan.tree.limit_depth(max(budget.depth, 0)), base, root, costs)
+
     @staticmethod
-    def _forward(model: Transformer, cache: KVCache, seq: Sequence, tree: DraftTree, root_pos: int) -> torch.Tensor:
+    def _verify(model: Transformer, cache: KVCache, seqs: list[Sequence],
+                plans: list[_Planned]) -> list[torch.Tensor]:
+        """Target logits `[N_i + 1, V]` at every request's root and draft nodes."""
         dev = model.device
-        tokens = torch.tensor([[seq.pending, *tree.tokens]], device=dev)
-        positions = tree.positions(root_pos, dev)[None]
-        is_chain = tree.parents == list(range(len(tree)))
-        mask = None if is_chain else tree.mask(dev)        # a chain is just causal attention
-        return model(tokens, positions, cache, slots=[seq.slot], tree_mask=mask)[0]
+        if len(seqs) == 1:
+            seq, plan = seqs[0], plans[0]
+            tokens = torch.tensor([[seq.pending, *plan.tree.tokens]], device=dev)
+            is_chain = plan.tree.parents == list(range(len(plan.tree)))
+            mask = None if is_chain else plan.tree.mask(dev)        # a chain is just causal attention
+            return [model(tokens, plan.tree.positions(plan.root, dev)[None], cache, slots=[seq.slot],
+                          tree_mask=mask)[0]]
+        # one forward for all trees, padded to the largest; a padding entry sees only itself and
+        # the prefix, and compaction to the accepted path drops it from the cache
+        width = max(len(p.tree) for p in plans) + 1
+        if any(p.base + width > cache.capacity for p in plans):
+            return [SpeculativeDecoding._verify(model, cache, [s], [p])[0] for s, p in zip(seqs, plans)]
+        tokens = torch.zeros(len(seqs), width, dtype=torch.long)
+        positions = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.eye(width, dtype=torch.bool).repeat(len(seqs), 1, 1)
+        for b, (seq, plan) in enumerate(zip(seqs, plans)):
+            n = len(plan.tree) + 1
+            tokens[b, :n] = torch.tensor([seq.pending, *plan.tree.tokens])
+            positions[b, :n] = plan.tree.positions(plan.root)
+            positions[b, n:] = plan.root + torch.arange(1, width - n + 1)
+            mask[b, :n, :n] = plan.tree.mask()
+        logits = model(tokens.to(dev), positions.to(dev), cache, slots=[s.slot for s in seqs],
+                       tree_mask=mask.to(dev))
+        return [logits[b, :len(p.tree) + 1] for b, p in enumerate(plans)]
 
     @staticmethod
     def _accept(seq: Sequence, tree: DraftTree, logits: torch.Tensor) -> Acceptance:
