@@ -17,7 +17,7 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def prefer_mmap_for_large_buffers(threshold: int = 1 << 18) -> None:
+def prefer_mmap_for_large_buffers(threshold: int = 1 << 20) -> None:
     """glibc raises its mmap threshold after big frees, so later multi-MB temporaries land on the
     heap and stay resident after free; pinning the threshold keeps them returnable."""
     libc = _libc()
