@@ -217,7 +217,6 @@ class Tokenizer:
                  chat_template: str | None) -> None:
         self._backend = backend
         self._vocab = vocab
-        self._piece_ids = _first_id_vocab(vocab.pieces)
         self.vocab_size: int = len(vocab.pieces)
         self.bos_id = bos_id
         self.eos_id = eos_id  # the model's declared EOS (the template's `eos_token`)
@@ -350,7 +349,7 @@ class Tokenizer:
 
     def token_to_id(self, piece: str) -> int | None:
         """Id of a vocabulary entry given its piece (e.g. "<|im_end|>"), or None."""
-        return self._piece_ids.get(piece)
+        return self._backend.token_to_id(piece)
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self._vocab.special_ids
