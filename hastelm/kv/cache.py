@@ -40,8 +40,7 @@ class KVCache:
         if start + n > self.capacity:
             raise ContextOverflowError(
                 f"context length exceeded: {start} cached + {n} new tokens > {self.capacity}")
-        if start + n > self.zeroed[slot]:
-            self._zero(slot, start + n)
+        self.zero_to(slot, start + n)
         return start
 
     def zero_to(self, slot: int, end: int) -> None:

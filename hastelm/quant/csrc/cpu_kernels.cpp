@@ -18,17 +18,23 @@ using namespace hastelm_int4;
 inline float to_float(uint16_t half_bits) { return static_cast<float>(c10::Half(half_bits, c10::Half::from_bits())); }
 inline float to_float(float v) { return v; }
 
+// Checks `w` is a pack_int4 weight for K inputs; true when its scales are fp16.
+bool check_packed(const at::Tensor& w, int64_t K) {
+  const bool half = w.dim() == 3 && w.size(2) == group_bytes<uint16_t>;
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 3 && w.scalar_type() == at::kByte && w.is_contiguous() &&
+              (half || w.size(2) == group_bytes<float>), "w must come from pack_int4");
+  TORCH_CHECK(w.size(1) * kGroup == K, "the weight has ", w.size(1) * kGroup, " input columns, not ", K);
+  return half;
+}
+
 // x: bf16 [M, K] contiguous; w: packed uint8 [N/16, K/32, 320 or 384]. Returns [M, N] in bfloat16,
 // or float32 when `out_fp32`.
 at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& w, bool out_fp32) {
   TORCH_CHECK(cpu_supported(), "int4_gemm needs a CPU with AVX512-BF16");
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
               "x must be a contiguous 2-D bfloat16 CPU tensor");
-  const bool half = w.dim() == 3 && w.size(2) == group_bytes<uint16_t>;
-  TORCH_CHECK(w.device().is_cpu() && w.dim() == 3 && w.scalar_type() == at::kByte && w.is_contiguous() &&
-              (half || w.size(2) == group_bytes<float>), "w must come from pack_int4");
+  const bool half = check_packed(w, x.size(1));
   const int64_t M = x.size(0), K = x.size(1), blocks = w.size(0), N = blocks * kBlockCols;
-  TORCH_CHECK(w.size(1) * kGroup == K, "x has ", K, " columns, the weight expects ", w.size(1) * kGroup);
   auto y = at::empty({M, N}, x.options().dtype(out_fp32 ? at::kFloat : at::kBFloat16));
 #ifdef HASTELM_X86
   if (M == 0) return y;
@@ -68,12 +74,6 @@ void unpack_column(const uint8_t* block, int64_t G, int col, O* out) {
   }
 }
 
-bool check_packed(const at::Tensor& w, int64_t K) {
-  const bool half = w.dim() == 3 && w.size(2) == group_bytes<uint16_t>;
-  TORCH_CHECK(w.device().is_cpu() && w.dim() == 3 && w.scalar_type() == at::kByte && w.is_contiguous() &&
-              (half || w.size(2) == group_bytes<float>) && w.size(1) * kGroup == K, "w must come from pack_int4");
-  return half;
-}
 
 // The whole of W as bfloat16 [N, K].
 at::Tensor int4_unpack(const at::Tensor& w, int64_t K) {
