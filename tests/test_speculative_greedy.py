@@ -88,7 +88,9 @@ def references(llm_f32, prompts) -> list[list[int]]:
 def logit_gap(llm, ids: list[int], a: int, b: int) -> float:
     """|logit(a) - logit(b)| for the token after `ids`, from a fresh cache-free forward."""
     cache = llm.model.new_cache(len(ids) + 1)
-    logits = llm.model(torch.tensor([ids]), torch.arange(len(ids))[None], cache, last_only=True)[0, -1]
+    dev = llm.model.device
+    logits = llm.model(torch.tensor([ids], device=dev), torch.arange(len(ids), device=dev)[None], cache,
+                       last_only=True)[0, -1]
     return abs(float(logits[a] - logits[b]))
 
 

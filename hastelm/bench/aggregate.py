@@ -31,9 +31,11 @@ def _row(run: dict[str, Any], category: str, mine: list[dict[str, Any]],
            "category": category, "prompts": len(items), "generations": len(mine),
            "tokens": sum(r["tokens"] for r in mine), "seconds": sum(r["seconds"] for r in mine),
            "tokens_per_s": rate, "speedup_vs_plain": rate / _rate(base) if base and _rate(base) else None,
-           "mean_accepted": _mean_accepted(mine), "acceptance_rate": _acceptance(mine),
+           "mean_accepted": _mean_accepted(mine), "mean_verified": _mean_verified(mine),
+           "acceptance_rate": _acceptance(mine),
            "same_output_as_plain": _same_output(mine, base) if run["engine"] == "hastelm" else None,
            "peak_rss_mb": run["peak_rss_mb"], "dtype": run["dtype"],
+           **({"peak_gpu_mb": run["peak_gpu_mb"]} if "peak_gpu_mb" in run else {}),
            "limited": bool(plain) and len(items) < len({r["item"] for r in _in(plain["records"], category)})}
     return row
 
@@ -53,6 +55,14 @@ def _mean_accepted(records: list[dict[str, Any]]) -> float | None:
         return None
     steps = sum(r["steps"] for r in records)
     return 1 + sum(r["accepted"] for r in records) / steps if steps else None
+
+
+def _mean_verified(records: list[dict[str, Any]]) -> float | None:
+    """Draft nodes verified per step: the tree size the controller chose (0 on plain steps)."""
+    if any(r["steps"] is None or r["proposed"] is None for r in records):
+        return None
+    steps = sum(r["steps"] for r in records)
+    return sum(r["proposed"] for r in records) / steps if steps else None
 
 
 def _acceptance(records: list[dict[str, Any]]) -> float | None:

@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HastelmError
-from .memory import EVENT_PREFIX, peak_rss_mb
+from .memory import EVENT_PREFIX, peak_gpu_mb, peak_rss_mb
 
 
 def make_engine(job: dict[str, Any]):
     engine, model, method, threads = job["engine"], Path(job["model"]), job["method"], job["threads"]
     if engine == "hastelm":
         from .engines import HastelmEngine
-        return HastelmEngine(str(model), method, job["dtype"], threads, job["context"])
+        return HastelmEngine(str(model), method, job["dtype"], threads, job["context"], job.get("device", "cpu"))
     if engine == "transformers":
         from .peers import TransformersEngine
-        return TransformersEngine(model, method, threads)
+        return TransformersEngine(model, method, threads, job.get("device", "cpu"))
     from .peers import LlamaCppEngine
     return LlamaCppEngine(model, method, threads, job["context"])
 
@@ -43,7 +43,7 @@ def run(job: dict[str, Any], emit) -> dict[str, Any]:
         tokenizer = getattr(engine, "tokenizer", None) or load_tokenizer(Path(job["model"]))
         result = {"records": run_workload(engine, tokenizer, items, job["max_tokens"], progress)}
     return {"engine": engine.engine, "method": engine.method, "dtype": engine.dtype, **result,
-            "peak_rss_mb": round(peak_rss_mb(), 1)}
+            "peak_rss_mb": round(peak_rss_mb(), 1), **peak_gpu_mb()}
 
 
 def main() -> int:

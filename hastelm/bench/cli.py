@@ -41,6 +41,7 @@ def bench(
     reps: int = typer.Option(5, "-r", "--repetitions", help="timed repetitions after one warm-up"),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="threads per engine (default: all cores)"),
     dtype: str = typer.Option("auto", "--dtype", help="hastelm's mode: auto|float32|bfloat16"),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda, for hastelm and transformers"),
     speculative: Optional[str] = typer.Option(None, "--speculative", help="comma list of methods, or auto"),
     workload: Optional[str] = typer.Option(None, "--workload", help="humaneval|mixed|FILE.jsonl"),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="your own workload (JSONL)"),
@@ -59,7 +60,8 @@ def bench(
         _check_counts({"-r/--repetitions": reps, "--limit": limit, "--max-tokens": max_tokens, "--ctx": context,
                        "--peer-limit": peer_limit or 1, "--threads": threads or 1})
         from .jobs import Settings
-        settings = Settings(resolve_model(model), _engines(engines), threads or _cores(), dtype, context)
+        settings = Settings(resolve_model(model), _engines(engines), threads or _cores(), dtype, context,
+                            _device(device))
         spec = _workload_spec(workload, prompts, speculative)
         if spec is None:
             _core(settings, prompt_tokens, gen_tokens, reps, json_path, plot_path)
@@ -79,8 +81,9 @@ def _core(s, prompt_tokens: int, gen_tokens: int, reps: int, json_path: Optional
         raise HastelmError("-p and -n must be >= 0, and not both 0")
     results = run_jobs(core_jobs(s, prompt_tokens, gen_tokens, reps), err)
     rows = [{"engine": r["engine"], "method": r["method"], "dtype": r["dtype"], **test,
-             "peak_rss_mb": r["peak_rss_mb"], "threads": s.threads} for r in results for test in r["tests"]]
-    title = f"{s.model.name} · {s.threads} threads · {reps} reps after 1 warm-up"
+             "peak_rss_mb": r["peak_rss_mb"], **_gpu(r), "threads": s.threads}
+            for r in results for test in r["tests"]]
+    title = f"{s.model.name} · {_where(s)} · {reps} reps after 1 warm-up"
     out.print(report.core_table(rows, title))
     _save(rows, s, json_path, plot_path, "test", title)
 
@@ -95,12 +98,16 @@ def _workload(s, spec: str, methods: list[str], limit: int, peer_limit: Optional
     items = load_workload(spec, limit)     # fail on a bad file before starting any engine
     err.print(f"[dim]workload {spec}: {len(items)} prompts, {sum(i.requests for i in items)} generations[/]")
     rows = workload_rows(run_jobs(workload_jobs(s, spec, methods, limit, peer_limit, max_tokens), err))
-    title = f"{Path(spec).name} · greedy, up to {max_tokens} new tokens · {s.threads} threads"
+    title = f"{Path(spec).name} · greedy, up to {max_tokens} new tokens · {_where(s)}"
     out.print(report.workload_table(rows, title))
     if any(r["limited"] for r in rows):
         out.print(f"* peers ran the first {peer_limit} prompts of each category; their × plain compares "
                   "with hastelm plain on those prompts")
     _save(rows, s, json_path, plot_path, "category", title, workload=spec, max_tokens=max_tokens)
+
+
+def _gpu(result: dict[str, Any]) -> dict[str, Any]:
+    return {"peak_gpu_mb": result["peak_gpu_mb"]} if "peak_gpu_mb" in result else {}
 
 
 def _save(rows: list[dict[str, Any]], s, json_path: Optional[Path], plot_path: Optional[Path],
@@ -119,6 +126,16 @@ def _check_counts(values: dict[str, int]) -> None:
     for flag, value in values.items():
         if value < 1:
             raise HastelmError(f"{flag} must be >= 1")
+
+
+def _device(value: str) -> str:
+    import torch
+
+    if value not in ("auto", "cpu", "cuda"):
+        raise HastelmError(f"unknown device {value!r} (choose auto, cpu or cuda)")
+    if value == "cuda" and not torch.cuda.is_available():
+        raise HastelmError("--device cuda: no GPU is available")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if value == "auto" else value
 
 
 def _cores() -> int:
@@ -162,6 +179,13 @@ def _methods(value: Optional[str]) -> list[str]:
     return names
 
 
+def _where(s) -> str:
+    if s.device == "cuda":
+        import torch
+        return f"CUDA {torch.cuda.get_device_name(0)}"
+    return f"{s.threads} threads"
+
+
 def _meta(s) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -171,7 +195,7 @@ def _meta(s) -> dict[str, Any]:
             versions[package] = version(package)
         except PackageNotFoundError:
             pass
-    return {"model": str(s.model), "threads": s.threads, "dtype": s.dtype, "engines": s.engines,
+    return {"model": str(s.model), "threads": s.threads, "dtype": s.dtype, "device": s.device, "engines": s.engines,
             "cpu": _cpu_name(), "machine": platform.machine(), "python": sys.version.split()[0],
             "versions": versions, "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}

@@ -47,14 +47,15 @@ def installed(engine: str) -> bool:
 class HastelmEngine:
     engine = "hastelm"
 
-    def __init__(self, model: str, method: str, dtype: str, threads: int, context: int) -> None:
+    def __init__(self, model: str, method: str, dtype: str, threads: int, context: int,
+                 device: str = "cpu") -> None:
         import torch
 
         from hastelm import LLM
 
         torch.set_num_threads(threads)
         self.method = method
-        self.llm = LLM(model, dtype=dtype, context_length=context,
+        self.llm = LLM(model, dtype=dtype, device=device, context_length=context,
                        speculative=None if method == "plain" else method)
         self.dtype = self.llm.mode
         self.tokenizer = self.llm.tokenizer     # peers load their own copy; hastelm's is already here

@@ -19,6 +19,7 @@ class Settings:
     threads: int
     dtype: str
     context: int
+    device: str = "cpu"      # "cpu" or "cuda" (llama.cpp runs its CPU build either way)
 
 
 def core_jobs(s: Settings, prompt_tokens: int, gen_tokens: int, reps: int) -> list[dict[str, Any]]:
@@ -43,7 +44,7 @@ def workload_jobs(s: Settings, workload: str, methods: list[str], limit: int,
 
 def _job(s: Settings, engine: str, method: str, **extra: Any) -> dict[str, Any]:
     job = {"engine": engine, "method": method, "model": str(s.model), "threads": s.threads,
-           "dtype": s.dtype, "context": s.context}
+           "dtype": s.dtype, "context": s.context, "device": s.device}
     return {**job, **extra}
 
 

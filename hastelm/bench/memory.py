@@ -32,6 +32,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
+def peak_gpu_mb() -> dict[str, float]:
+    """`{"peak_gpu_mb": ...}` where this process used CUDA (torch's allocator high-water mark), else {}."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+
+
 def run_isolated(job: dict[str, Any], on_progress: Callable[[int, int], None]) -> dict[str, Any]:
     """Run `job` in a fresh `python -m hastelm.bench.child`; returns its result, or raises BenchError."""
     with tempfile.TemporaryFile("w+") as errors:

@@ -14,11 +14,11 @@ PLD_TOKENS = 10      # draft length of both peers' prompt lookup, transformers' 
 
 
 class TransformersEngine:
-    """transformers' own model classes on the GGUF file, dequantized to float32 (its GGUF path)."""
+    """transformers' own model classes on the GGUF file, dequantized (its GGUF path): float32 on
+    the CPU, bf16 on a GPU."""
     engine = "transformers"
-    dtype = "float32"
 
-    def __init__(self, model: Path, method: str, threads: int) -> None:
+    def __init__(self, model: Path, method: str, threads: int, device: str = "cpu") -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -26,21 +26,26 @@ class TransformersEngine:
         self.torch, self.method = torch, method
         source = {"pretrained_model_name_or_path": str(model)} if model.is_dir() else {
             "pretrained_model_name_or_path": str(model.parent), "gguf_file": model.name}
-        self.model = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.float32).eval()
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        self.dtype = str(dtype).removeprefix("torch.")
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(**source, dtype=dtype).to(self.device).eval()
         self.vocab_size = self.model.config.vocab_size
         self.bos_id = self.model.config.bos_token_id or 0
 
     def prompt_eval(self, ids: list[int]) -> None:
         with self.torch.inference_mode():
             # logits for the last position only, as generate() asks for during prefill
-            self.model(self.torch.tensor([ids]), logits_to_keep=1)
+            self.model(self.torch.tensor([ids], device=self.device), logits_to_keep=1)
+            if self.device.type == "cuda":
+                self.torch.cuda.synchronize()
 
     def generate(self, ids: list[int], max_tokens: int, stop_ids: set[int]) -> Generation:
         extra = {"prompt_lookup_num_tokens": PLD_TOKENS} if self.method == "pld" else {}
         stops = sorted(stop_ids) or None
         t = time.perf_counter()
         with self.torch.inference_mode():
-            prompt = self.torch.tensor([ids])
+            prompt = self.torch.tensor([ids], device=self.device)
             # an explicit mask: without it transformers masks every position equal to pad_token_id
             out = self.model.generate(prompt, attention_mask=self.torch.ones_like(prompt),
                                       max_new_tokens=max_tokens, do_sample=False,

@@ -9,12 +9,19 @@ from rich.table import Table
 
 
 def core_table(rows: list[dict[str, Any]], title: str) -> Table:
+    gpu = any("peak_gpu_mb" in r for r in rows)
     table = _table(title, "engine", "dtype", "test", "t/s (median ± sd)", "min–max",
-                   "engine peak RSS MB")
+                   "engine peak RSS MB", *(["peak GPU MB"] if gpu else []))
     for r in rows:
         table.add_row(r["engine"], r["dtype"], r["test"], f"{r['tokens_per_s']:.1f} ± {r['stdev']:.1f}",
-                      f"{r['min']:.1f}–{r['max']:.1f}", f"{r['peak_rss_mb']:.0f}")
+                      f"{r['min']:.1f}–{r['max']:.1f}", f"{r['peak_rss_mb']:.0f}", *_gpu_cell(r, gpu))
     return table
+
+
+def _gpu_cell(row: dict[str, Any], shown: bool) -> list[str]:
+    if not shown:
+        return []
+    return [f"{row['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in row else "–"]
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -25,14 +32,16 @@ def _table(title: str, *columns: str) -> Table:
 
 
 def workload_table(rows: list[dict[str, Any]], title: str) -> Table:
+    gpu = any("peak_gpu_mb" in r for r in rows)
     table = _table(title, "engine", "method", "category", "prompts", "tokens", "t/s", "× plain", "tokens/step",
-                   "accept", "= plain", "peak RSS MB")
+                   "nodes/step", "accept", "= plain", "peak RSS MB", *(["peak GPU MB"] if gpu else []))
     for r in rows:
         prompts = f"{r['prompts']}*" if r["limited"] else str(r["prompts"])
         table.add_row(r["engine"], r["method"], r["category"], prompts, str(r["tokens"]),
                       f"{r['tokens_per_s']:.1f}", _fmt(r["speedup_vs_plain"], "{:.2f}×"),
-                      _fmt(r["mean_accepted"], "{:.2f}"), _fmt(r["acceptance_rate"], "{:.0%}"),
-                      _fmt(r["same_output_as_plain"], "{:.0%}"), f"{r['peak_rss_mb']:.0f}",
+                      _fmt(r["mean_accepted"], "{:.2f}"), _fmt(r.get("mean_verified"), "{:.1f}"),
+                      _fmt(r["acceptance_rate"], "{:.0%}"),
+                      _fmt(r["same_output_as_plain"], "{:.0%}"), f"{r['peak_rss_mb']:.0f}", *_gpu_cell(r, gpu),
                       end_section=r["category"] == "overall")
     return table
 

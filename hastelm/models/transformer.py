@@ -118,6 +118,7 @@ class Transformer(nn.Module):
         `[B, T, V]` (`[B, 1, V]` with `last_only`), plus the final hidden states if asked.
         """
         B, T = tokens.shape
+        tokens, positions = tokens.to(self.device), positions.to(self.device)   # no-ops when already there
         slots = list(range(B)) if slots is None else list(slots)
         starts = [cache.reserve(s, T) for s in slots]
         L = max(starts) + T
