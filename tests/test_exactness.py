@@ -40,7 +40,7 @@ def _hf_logits(model: Any, ids: list[int]) -> torch.Tensor:
 
 def _logits(model: Transformer, ids: list[int]) -> torch.Tensor:
     cache = model.new_cache(len(ids))
-    return model(torch.tensor([ids]), torch.arange(len(ids))[None], cache)[0]
+    return model(torch.tensor([ids]), torch.arange(len(ids))[None], cache)[0].cpu()
 
 
 def test_logits_match_transformers(llm_f32: Any, hf_smollm: Any) -> None:
@@ -92,7 +92,7 @@ def _random_ids(n: int, vocab: int, seed: int) -> list[int]:
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, atol: float) -> None:
-    torch.testing.assert_close(got, want, atol=atol, rtol=0)
+    torch.testing.assert_close(got.cpu(), want.cpu(), atol=atol, rtol=0)   # the model may run on a GPU
 
 
 def test_incremental_decode_and_rollback(oracle: tuple) -> None:
