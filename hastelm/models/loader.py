@@ -45,7 +45,13 @@ def load_model(model: str | Path, mode: str = "fast", device: str | torch.device
     prefer_mmap_for_large_buffers()
     path = resolve_model(model)
     config, source, tokenizer = read_model_files(path)
-    transformer = build_transformer(config, source, mode, device, progress)
+
+    def on_layer(done: int, total: int) -> None:
+        release_free_memory()     # after every layer: load-time temporaries never pile up into the peak
+        if progress:
+            progress(done, total)
+
+    transformer = build_transformer(config, source, mode, device, on_layer)
     del source     # unmaps the file: its pages no longer count as resident
     release_free_memory()
     return LoadedModel(transformer, tokenizer, config, path, str(model))

@@ -105,12 +105,15 @@ def int4_gemm(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     return y.reshape(*lead, y.shape[-1]).to(x.dtype)
 
 
-def int4_unpack(packed: torch.Tensor, in_features: int) -> torch.Tensor:
-    """The dense bf16 weight `[N, K]` of a `pack_int4` weight (each value rounded once)."""
+def int4_unpack(packed: torch.Tensor, in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The dense bf16 weight `[N, K]` of a `pack_int4` weight (each value rounded once), written
+    into `out` when given (a reused buffer costs no page faults)."""
     mod = _load()
     if mod is None:
         raise RuntimeError("the int4 kernel is not available on this machine")
-    return mod.int4_unpack(packed, in_features)
+    if out is None:
+        out = torch.empty(packed.shape[0] * BLOCK_COLS, in_features, dtype=torch.bfloat16)
+    return mod.int4_unpack(packed, in_features, out)
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int],

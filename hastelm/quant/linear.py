@@ -9,6 +9,7 @@ bf16 on the fly and runs a dense GEMM instead.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 import torch
@@ -23,6 +24,21 @@ from .kernels import int4_gemm, int4_unpack, native, pack_int4
 # 2.4 ms vs dense 1.1 ms + unpack at 128). Decode and verification batches stay below it, so
 # their rows keep the kernel's batch-size-independent numerics.
 DENSE_FROM_ROWS = 128
+
+
+class _Scratch(threading.local):
+    """One reused buffer per thread for unpacked weights: a fresh multi-MB tensor per matmul
+    would fault in new pages every time (as long as the unpack itself)."""
+    buffer: torch.Tensor | None = None
+
+    def take(self, rows: int, cols: int) -> torch.Tensor:
+        n = rows * cols
+        if self.buffer is None or self.buffer.numel() < n:
+            self.buffer = torch.empty(n, dtype=torch.bfloat16)
+        return self.buffer[:n].view(rows, cols)
+
+
+_scratch = _Scratch()
 
 
 class DenseLinear(nn.Module):
@@ -60,15 +76,16 @@ class Int4Linear(nn.Module):
         self.dtype = dtype
         self.can_unpack = not self.native and self.out_features % 64 == 0
 
-    def unpack(self) -> torch.Tensor:
-        """The dense weight `[out, in]` in the activation dtype.
+    def unpack(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The dense weight `[out, in]` in the activation dtype (the native path writes it into
+        `out` when given).
 
         torch's CPU packing stores, per block of 64 output rows and per input column, 32 bytes whose
         low nibbles are rows 0-31 and high nibbles rows 32-63 of the block.
         """
         n, k = self.out_features, self.in_features
         if self.native:
-            return int4_unpack(self.packed, k)
+            return int4_unpack(self.packed, k, out)
         blocks = self.packed.view(n // 64, k, 32)
         q = torch.cat([blocks & 15, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k // 32, 32)
         sz = self.scales_and_zeros.transpose(0, 1)          # [out, groups, 2]
@@ -81,7 +98,8 @@ class Int4Linear(nn.Module):
             # float32 inputs are rounded to bf16 inside the kernel, which then returns float32
             out = int4_gemm(x if x.dtype == torch.float32 else x.to(self.dtype), self.packed)
         elif rows >= DENSE_FROM_ROWS and (self.native or self.can_unpack):
-            out = F.linear(x.to(self.dtype), self.unpack())
+            weight = self.unpack(_scratch.take(self.out_features, self.in_features) if self.native else None)
+            out = F.linear(x.to(self.dtype), weight)
         else:
             out = int4_matmul(x.to(self.dtype), self.packed, self.scales_and_zeros, self.group_size)
         return out if self.bias is None else out + self.bias

@@ -5,7 +5,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include "decode_attention.h"
@@ -15,8 +14,6 @@ namespace {
 
 using namespace hastelm_int4;
 
-inline float to_float(uint16_t half_bits) { return static_cast<float>(c10::Half(half_bits, c10::Half::from_bits())); }
-inline float to_float(float v) { return v; }
 
 // Checks `w` is a pack_int4 weight for K inputs; true when its scales are fp16.
 bool check_packed(const at::Tensor& w, int64_t K) {
@@ -55,41 +52,25 @@ at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& w, bool out_fp32) {
   return y;
 }
 
-// Dense values of a packed weight: prefill-sized inputs run faster as unpack + one dense GEMM
-// than through the W4A16 tiles, which are built for few rows.
-template <class S, class O>
-void unpack_column(const uint8_t* block, int64_t G, int col, O* out) {
-  for (int64_t g = 0; g < G; ++g) {
-    const uint8_t* p = block + g * group_bytes<S>;
-    const S* sz = reinterpret_cast<const S*>(p + kNibbleBytes);
-    const float scale = to_float(sz[col]), offset = to_float(sz[kBlockCols + col]);
-    for (int parity = 0; parity < 2; ++parity) {
-      const int wi = 2 * col + parity;
-      for (int c = 0; c < 4; ++c) {
-        const uint16_t word = p[c * 64 + 2 * wi] | (p[c * 64 + 2 * wi + 1] << 8);
-        for (int j = 0; j < 4; ++j)
-          out[g * kGroup + 8 * c + 2 * j + parity] = O(((word >> (4 * j)) & 15) * scale + offset);
-      }
-    }
-  }
-}
-
-
-// The whole of W as bfloat16 [N, K].
-at::Tensor int4_unpack(const at::Tensor& w, int64_t K) {
+// The whole of W as bfloat16 [N, K], written into `out` (a reused buffer: no fresh pages to fault
+// in): prefill-sized inputs run faster as unpack + one dense GEMM than through the W4A16 tiles.
+at::Tensor int4_unpack(const at::Tensor& w, int64_t K, at::Tensor out) {
+  TORCH_CHECK(cpu_supported(), "int4_unpack needs a CPU with AVX512-BF16");
   const bool half = check_packed(w, K);
-  const int64_t G = w.size(1), ldw = G * w.size(2), N = w.size(0) * kBlockCols;
-  auto out = at::empty({N, K}, w.options().dtype(at::kBFloat16));
+  const int64_t G = w.size(1), ldw = G * w.size(2), blocks = w.size(0);
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kBFloat16 && out.is_contiguous() &&
+              out.dim() == 2 && out.size(0) == blocks * kBlockCols && out.size(1) == K,
+              "out must be a contiguous bfloat16 [N, K] CPU tensor");
+#ifdef HASTELM_X86
   const auto* wp = w.data_ptr<uint8_t>();
-  auto* op = out.data_ptr<at::BFloat16>();
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      const uint8_t* block = wp + (n / kBlockCols) * ldw;
-      const int col = static_cast<int>(n % kBlockCols);
-      if (half) unpack_column<uint16_t>(block, G, col, op + n * K);
-      else unpack_column<float>(block, G, col, op + n * K);
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
+  at::parallel_for(0, blocks, 4, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      if (half) unpack_block<uint16_t>(wp + b * ldw, G, K, op + b * kBlockCols * K);
+      else unpack_block<float>(wp + b * ldw, G, K, op + b * kBlockCols * K);
     }
   });
+#endif
   return out;
 }
 
