@@ -1,5 +1,6 @@
-"""hastelm's int4 GEMM kernel: accuracy against a float64 reference, bit-identical rows for any
-batch size or thread count, the Int4Linear integration, and the torch fallback."""
+"""hastelm's CPU kernels (int4 and int8 GEMMs, decode attention): accuracy against a float64
+reference, bit-identical rows for any batch size or thread count, the Int4Linear/Int8Linear
+integration, and the torch fallback."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from hastelm.quant import kernels
 from hastelm.quant.ggml_blocks import int4_groups
-from hastelm.quant.linear import DENSE_FROM_ROWS, Int4Linear
+from hastelm.quant.linear import DENSE_FROM_ROWS, Int4Linear, Int8Linear
 
 U_FP32 = 2.0 ** -24   # unit roundoff of fp32 accumulation
 U_BF16 = 2.0 ** -8    # unit roundoff of rounding to bf16 (7 stored mantissa bits)
@@ -159,6 +160,46 @@ def test_pack_rejects_bad_shapes() -> None:
     q = torch.zeros(24, 64, dtype=torch.uint8)
     with pytest.raises(ValueError, match="rows % 16"):
         kernels.pack_int4(q, torch.ones(24, 2), torch.zeros(24, 2))
+    with pytest.raises(ValueError, match="rows % 16"):
+        kernels.pack_int8(torch.zeros(24, 64, dtype=torch.int8))
+
+
+def _int8_table(rows: int, cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * torch.rand(rows, 1, generator=g)
+    return w, w.abs().amax(1) / 127.0
+
+
+@needs_kernel
+def test_int8_kernel_matches_float64_and_rows_are_batch_independent(kernel) -> None:
+    rows, cols = 400, 192
+    w, _ = _int8_table(rows, cols, seed=4)
+    lin = Int8Linear.quantize(w.shape, [w[:160], w[160:320], w[320:]])   # chunks as the loader sends them
+    assert lin.native and lin.q.shape == (rows // 16, cols // 2, 32)
+    q = kernels.unpack_int8_rows(lin.q, torch.arange(rows))
+    x = torch.randn(40, cols).bfloat16()
+    y = lin(x.float())
+    ref = (x.double() @ q.double().T) * lin.scale.double()
+    # exact products, fp32 accumulation of `cols` terms, one fp32 scaling
+    bound = (cols + 1) * U_FP32 * ((x.double().abs() @ q.double().abs().T) * lin.scale.double()) + 1e-30
+    assert y.dtype == torch.float32 and bool(((y.double() - ref).abs() <= bound).all())
+    single = torch.cat([lin(x[i:i + 1].float()) for i in range(40)])
+    for m in (1, 3, 8, 9, 17, 40):
+        assert torch.equal(lin(x[:m].float()), single[:m]), m
+    assert lin(x).dtype == torch.bfloat16 and torch.equal(lin(x), single.bfloat16())
+
+
+@needs_kernel
+def test_int8_linear_rows_and_fallback_agree(kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    w, _ = _int8_table(64, 96, seed=5)
+    packed = Int8Linear.quantize(w.shape, [w])
+    monkeypatch.setattr(Int8Linear, "native_int8", staticmethod(lambda shape, dtype=torch.bfloat16: False))
+    plain = Int8Linear.quantize(w.shape, [w])
+    assert packed.native and not plain.native
+    tokens = torch.tensor([[0, 17, 63], [5, 5, 40]])
+    assert torch.equal(packed.rows(tokens), plain.rows(tokens))     # embedding lookups: same values
+    x = torch.randn(3, 96).bfloat16()
+    torch.testing.assert_close(packed(x).float(), plain(x).float(), rtol=2e-2, atol=1e-2)
 
 
 @needs_kernel

@@ -2,7 +2,8 @@
 
 `int4_gemm` multiplies bf16 activations by a groupwise-int4 weight packed by `pack_int4`
 (csrc/int4_kernel.h: AVX512-BF16 `vdpbf16ps`, fp32 accumulation, rows bit-identical for any
-batch size); `decode_attention` is one-token attention over each row's own cached keys
+batch size); `int8_gemm` does the same for per-row int8 weights packed by `pack_int8`
+(csrc/int8_kernel.h); `decode_attention` is one-token attention over each row's own cached keys
 (csrc/decode_attention.h: a row's result does not depend on the rest of the batch). The extension is built once into ~/.cache/hastelm/torch_extensions (or under
 $XDG_CACHE_HOME) and reused.
 `native()` returns None when it cannot be used: HASTELM_NO_KERNELS=1, no compiler, a failed
@@ -103,6 +104,34 @@ def int4_gemm(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
     y = mod.int4_gemm(x2, packed, x.dtype == torch.float32)
     return y.reshape(*lead, y.shape[-1]).to(x.dtype)
+
+
+def pack_int8(q: torch.Tensor) -> torch.Tensor:
+    """Pack an int8 weight `[N, K]` for `int8_gemm`: int8 `[N/16, K/2, 32]`, per 16 columns and
+    k pair the 16 columns' (k, k + 1) values (csrc/int8_kernel.h)."""
+    n, k = q.shape
+    if n % BLOCK_COLS or k % 2:
+        raise ValueError(f"int8 packing needs rows % 16 == 0 and an even number of columns, got {tuple(q.shape)}")
+    return q.view(n // BLOCK_COLS, BLOCK_COLS, k // 2, 2).transpose(1, 2).reshape(n // BLOCK_COLS, k // 2, 2 * BLOCK_COLS)
+
+
+def unpack_int8_rows(packed: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows `[..., K]` of the int8 weight that `pack_int8` packed (embedding lookups)."""
+    blocks = packed.view(packed.shape[0], packed.shape[1], BLOCK_COLS, 2)
+    out = blocks[rows // BLOCK_COLS, :, rows % BLOCK_COLS]          # [..., K/2, 2]
+    return out.reshape(*rows.shape, -1)
+
+
+def int8_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`(x @ q.T) * scale` for `q` packed by `pack_int8` and fp32 `scale` `[N]`; any leading dims.
+    Activations are rounded to bf16 (the kernel multiplies in bf16); float32 inputs get float32
+    results, others bf16."""
+    mod = _load()
+    if mod is None:
+        raise RuntimeError("the int8 kernel is not available on this machine")
+    lead, k = x.shape[:-1], x.shape[-1]
+    y = mod.int8_gemm(x.reshape(-1, k).to(torch.bfloat16).contiguous(), packed, scale, x.dtype == torch.float32)
+    return y.reshape(*lead, y.shape[-1])
 
 
 def int4_unpack(packed: torch.Tensor, in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:

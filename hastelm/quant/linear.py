@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ggml_blocks import int4_matmul, pack_int4_for_cpu
-from .kernels import int4_gemm, int4_unpack, native, pack_int4
+from .kernels import BLOCK_COLS, int4_gemm, int4_unpack, int8_gemm, native, pack_int4, pack_int8, unpack_int8_rows
 
 # Rows of input from which unpack + dense bf16 GEMM beats the int4 kernels (2-core AVX-512 CPU,
 # 3072x576 weight: torch's op 11.1 ms, hastelm's 9.7 ms, dense 4.4 ms at 512 rows; hastelm's
@@ -106,39 +106,61 @@ class Int4Linear(nn.Module):
 
 
 class Int8Linear(nn.Module):
-    """Int8 weight with one scale per output row (`_weight_int8pack_mm`); also serves as the
-    embedding table when input and output embeddings are tied."""
+    """Int8 weight with one scale per output row; also serves as the embedding table when input
+    and output embeddings are tied. hastelm's W8A16 kernel runs it where available (bf16 products
+    with fp32 accumulation, rows bit-identical for any batch size), else `_weight_int8pack_mm`."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
-                 bias: torch.Tensor | None = None) -> None:
+                 bias: torch.Tensor | None = None, packed: bool = False) -> None:
+        """`q` `[N, K]`, or already `pack_int8`-ed when `packed` (see `native_int8`)."""
         super().__init__()
+        self.native = packed
         self.register_buffer("q", q, persistent=False)
         self.register_buffer("scale", scale.to(dtype), persistent=False)
+        if packed:   # the kernel scales in fp32 by the same (bf16-rounded) values
+            self.register_buffer("scale32", self.scale.float(), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
         self.dtype = dtype
-        self.out_features = q.shape[0]
+        self.out_features = scale.shape[0]
+
+    @staticmethod
+    def native_int8(shape: tuple[int, int], dtype: torch.dtype = torch.bfloat16) -> bool:
+        return dtype == torch.bfloat16 and shape[0] % BLOCK_COLS == 0 and shape[1] % 2 == 0 and native() is not None
 
     @classmethod
     def quantize(cls, shape: tuple[int, int], chunks: Iterable[torch.Tensor], dtype: torch.dtype = torch.bfloat16,
                  bias: torch.Tensor | None = None) -> "Int8Linear":
-        """Symmetric per-row int8 from consecutive float row chunks, written in place so a
-        262k-row table never exists in float32 (or twice in int8) at once."""
-        q = torch.empty(shape, dtype=torch.int8)
-        scale = torch.empty(shape[0], dtype=torch.float32)
+        """Symmetric per-row int8 from consecutive float row chunks, written in place (packed for the
+        kernel as they come) so a 262k-row table never exists in float32 or twice in int8 at once."""
+        packed = cls.native_int8(shape, dtype)
+        n, k = shape
+        q = (torch.empty(n // BLOCK_COLS, k // 2, 2 * BLOCK_COLS, dtype=torch.int8) if packed
+             else torch.empty(shape, dtype=torch.int8))
+        scale = torch.empty(n, dtype=torch.float32)
         row = 0
         for w in chunks:
-            n = w.shape[0]
+            rows = w.shape[0]
             s = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-            q[row:row + n] = torch.round(w / s[:, None]).clamp_(-127, 127)
-            scale[row:row + n] = s
-            row += n
-        return cls(q, scale, dtype, bias)
+            chunk = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8)
+            if packed:
+                if row % BLOCK_COLS or (rows % BLOCK_COLS and row + rows != n):
+                    raise ValueError("int8 row chunks must start on a multiple of 16 rows")
+                q[row // BLOCK_COLS:(row + rows) // BLOCK_COLS] = pack_int8(chunk)
+            else:
+                q[row:row + rows] = chunk
+            scale[row:row + rows] = s
+            row += rows
+        return cls(q, scale, dtype, bias, packed=packed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(self.dtype), self.q, self.scale)
-        out = out.view(*shape[:-1], self.out_features)
+        if self.native:    # float32 inputs give float32 outputs, like Int4Linear
+            out = int8_gemm(x, self.q, self.scale32)
+        else:
+            shape = x.shape
+            out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(self.dtype), self.q, self.scale)
+            out = out.view(*shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
     def rows(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.embedding(tokens, self.q).to(self.dtype) * F.embedding(tokens, self.scale[:, None])
+        q = unpack_int8_rows(self.q, tokens) if self.native else F.embedding(tokens, self.q)
+        return q.to(self.dtype) * F.embedding(tokens, self.scale[:, None])

@@ -1,5 +1,5 @@
-// Python bindings of hastelm's CPU kernels: the W4A16 int4 GEMM (int4_kernel.h) and one-token
-// decode attention (decode_attention.h): checks, per-row prologue, threads.
+// Python bindings of hastelm's CPU kernels: the W4A16 int4 GEMM (int4_kernel.h), the W8A16 int8
+// GEMM (int8_kernel.h) and one-token decode attention (decode_attention.h): checks, threads.
 // Only the ATen/pybind headers it needs: a third of <torch/extension.h>'s compile time.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -9,6 +9,7 @@
 
 #include "decode_attention.h"
 #include "int4_kernel.h"
+#include "int8_kernel.h"
 
 namespace {
 
@@ -47,6 +48,33 @@ at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& w, bool out_fp32) {
       gemm_cols<uint16_t>(xp, M, K, sums.data(), wp, b0, b1, yp, N, !out_fp32);
     else
       gemm_cols<float>(xp, M, K, sums.data(), wp, b0, b1, yp, N, !out_fp32);
+  });
+#endif
+  return y;
+}
+
+// x: bf16 [M, K] contiguous; w: int8 [N/16, K/2, 32] from pack_int8; scale: fp32 [N]. Returns
+// [M, N] in bfloat16, or float32 when `out_fp32`.
+at::Tensor int8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, bool out_fp32) {
+  TORCH_CHECK(cpu_supported(), "int8_gemm needs a CPU with AVX512-BF16");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
+              "x must be a contiguous 2-D bfloat16 CPU tensor");
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 3 && w.scalar_type() == at::kChar && w.is_contiguous() &&
+              w.size(1) * 2 == K && w.size(2) == 2 * kBlockCols, "w must come from pack_int8 for ", K, " inputs");
+  const int64_t blocks = w.size(0), N = blocks * kBlockCols;
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == N,
+              "scale must be a contiguous float32 [N] tensor");
+  auto y = at::empty({M, N}, x.options().dtype(out_fp32 ? at::kFloat : at::kBFloat16));
+#ifdef HASTELM_X86
+  if (M == 0) return y;
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  const auto* wp = w.data_ptr<int8_t>();
+  const float* sp = scale.data_ptr<float>();
+  void* yp = y.data_ptr();
+  // Columns are independent, so any split over threads gives identical results.
+  at::parallel_for(0, blocks, 16,  [&](int64_t b0, int64_t b1) {
+    hastelm_int8::gemm_cols(xp, M, K, wp, sp, b0, b1, yp, N, !out_fp32);
   });
 #endif
   return y;
@@ -130,5 +158,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernel uses");
   m.def("int4_gemm", &int4_gemm, "y = x @ W.T for a groupwise-int4 W packed by pack_int4");
   m.def("decode_attention", &decode_attention, "one-token attention over each row's cached keys");
+  m.def("int8_gemm", &int8_gemm, "y = x @ W.T * scale for a per-row int8 W packed by pack_int8");
   m.def("int4_unpack", &int4_unpack, "the dense bfloat16 [N, K] weight of a pack_int4 weight");
 }
