@@ -103,19 +103,25 @@ class LLM:
                         stopper=StopChecker(params, self.tokenizer, room), slot=slot, index=index)
 
     def prefill(self, seq: Sequence, cache=None, reuse_prefix: bool = True) -> StepOutcome:
-        """Run the prompt (reusing a cached common prefix in slot 0), sample the first token."""
+        """Run the prompt (reusing a cached common prefix in slot 0), sample the first token.
+
+        As in the server's scheduler, chunks of PREFILL_CHUNK starting at its multiples cover
+        `ids[:-1]` and the last prompt token runs as an ordinary decode step: a prompt's cache and
+        first token are the same by either path, and a reused prefix is cut back to a chunk
+        boundary so the rest is computed exactly as a fresh prefill would."""
         cache = cache or self.cache
         ids = seq.ids
         start = 0
         if reuse_prefix and cache is self.cache and seq.slot == 0:
-            start = _common_prefix(self._cached_ids, ids[:-1])
+            start = _common_prefix(self._cached_ids, ids[:-1]) // PREFILL_CHUNK * PREFILL_CHUNK
         cache.trim(cache.length(seq.slot) - start, seq.slot)
-        logits = None
-        for lo in range(start, len(ids), PREFILL_CHUNK):
-            chunk = ids[lo:lo + PREFILL_CHUNK]
+        for lo in range(start, len(ids) - 1, PREFILL_CHUNK):
+            chunk = ids[lo:min(lo + PREFILL_CHUNK, len(ids) - 1)]
             toks = torch.tensor([chunk], device=self.device)
             pos = torch.arange(lo, lo + len(chunk), device=self.device)[None]
-            logits = self.model(toks, pos, cache, slots=[seq.slot], last_only=True)[0, -1]
+            self.model(toks, pos, cache, slots=[seq.slot], last_only=True, prefill=True)
+        last = torch.tensor([[ids[-1]]], device=self.device)
+        logits = self.model(last, torch.tensor([[len(ids) - 1]], device=self.device), cache, slots=[seq.slot])[0, -1]
         if cache is self.cache and seq.slot == 0:
             self._cached_ids = list(ids)
         return StepOutcome([seq.sampler.sample(logits, ids)], [logits])

@@ -3,8 +3,9 @@
 One background thread owns a multi-slot KV cache (`max_batch` slots). Every iteration it
 1. drops cancelled requests and frees their slots,
 2. admits queued requests into free slots,
-3. prefills prompts in chunks of `prefill_chunk` tokens (at most about one chunk's worth per
-   iteration, so a long prompt never stalls the streams already running for long),
+3. prefills prompts in chunks of `prefill_chunk` tokens (at most about two chunks' worth per
+   iteration, so a long prompt never stalls the streams already running for long), the chunks
+   of several new requests together in one padded forward,
 4. runs one decode step for every request past its prefill: plain requests share one batched
    forward (`PlainDecoding.step_batch`); requests with the same speculative proposer verify their
    draft trees together in one forward (`SpeculativeDecoding.step_batch`).
@@ -31,6 +32,7 @@ from .decoding.sampling import SamplingParams, top_logprobs
 from .decoding.sequence import Sequence
 from .decoding.step import StepResult, TokenLogprob
 from .errors import HastelmError
+from .models.transformer import PREFILL_DENSE_FROM
 
 log = logging.getLogger("hastelm.scheduler")
 
@@ -193,31 +195,51 @@ class Scheduler:
         return len(job.seq.ids) - 1 - self.cache.length(job.seq.slot)
 
     def _prefill(self) -> None:
-        budget = self.prefill_chunk
+        """The next chunk of each prefilling request, about two chunks' worth of tokens per
+        iteration. Chunks on the same side of PREFILL_DENSE_FROM share one padded forward: each
+        row computes exactly what it would alone (the same matmul path, its own attention)."""
+        budget = 2 * self.prefill_chunk
+        groups: dict[bool, list[tuple[Job, int, int]]] = {True: [], False: []}
         for job in self._prefilling():
-            while budget > 0 and self._todo(job) > 0:
-                try:
-                    budget -= self._prefill_chunk(job)
-                except Exception as exc:
-                    self._fail(job, exc)
-                    break
             if budget <= 0:
                 break
+            slot, c = job.seq.slot, self.prefill_chunk
+            lo = self.cache.length(slot)
+            hi = min(len(job.ids) - 1, (lo // c + 1) * c)
+            if job.prompt_logprobs is not None:
+                self._run_prefill([(job, lo, hi)])     # scoring needs every position's logits
+            else:
+                groups[hi - lo >= PREFILL_DENSE_FROM].append((job, lo, hi))
+            budget -= hi - lo
+        for chunks in groups.values():
+            if chunks:
+                self._run_prefill(chunks)
 
-    def _prefill_chunk(self, job: Job) -> int:
-        """Run the next aligned chunk of `ids[:-1]` into the job's slot; returns its length."""
-        slot, c = job.seq.slot, self.prefill_chunk
-        lo = self.cache.length(slot)
-        hi = min(len(job.ids) - 1, (lo // c + 1) * c)
+    def _run_prefill(self, chunks: list[tuple[Job, int, int]]) -> None:
+        try:
+            self._forward_chunks(chunks)
+        except Exception as exc:
+            for job, _, _ in chunks:
+                self._fail(job, exc)
+
+    def _forward_chunks(self, chunks: list[tuple[Job, int, int]]) -> None:
+        """Run chunks `ids[lo:hi]` of several requests into their slots in one forward."""
+        width = max(hi - lo for _, lo, hi in chunks)
+        if len(chunks) > 1 and any(lo + width > self.cache.capacity for _, lo, _ in chunks):
+            for chunk in chunks:          # padding would not fit at the end of the context
+                self._forward_chunks([chunk])
+            return
         dev = self.llm.device
-        toks = torch.tensor([job.ids[lo:hi]], device=dev)
-        pos = torch.arange(lo, hi, device=dev)[None]
+        toks = torch.tensor([job.ids[lo:hi] + [0] * (width - hi + lo) for job, lo, hi in chunks], device=dev)
+        pos = torch.tensor([list(range(lo, lo + width)) for _, lo, _ in chunks], device=dev)
+        job, lo, hi = chunks[0]
         scoring = job.prompt_logprobs is not None
-        logits = self.llm.model(toks, pos, self.cache, slots=[slot], last_only=not scoring)
+        logits = self.llm.model(toks, pos, self.cache, slots=[j.seq.slot for j, _, _ in chunks],
+                                last_only=not scoring, prefill=True,
+                                valid=[hi - lo for _, lo, hi in chunks] if len(chunks) > 1 else None)
         if scoring:
             for i, tok in enumerate(job.ids[lo + 1:hi + 1]):
                 job.prompt_scores.append(TokenLogprob(tok, *top_logprobs(logits[0, i], tok, job.prompt_logprobs)))
-        return hi - lo
 
     def _decode(self) -> None:
         ready = [j for j in self.slots if j is not None and j.seq and self._todo(j) == 0]

@@ -12,7 +12,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from hastelm.quant import kernels
 from hastelm.quant.ggml_blocks import int4_groups
-from hastelm.quant.linear import DENSE_FROM_ROWS, Int4Linear, Int8Linear
+from hastelm.quant.linear import Int4Linear, Int8Linear, dense_matmuls
 
 U_FP32 = 2.0 ** -24   # unit roundoff of fp32 accumulation
 U_BF16 = 2.0 ** -8    # unit roundoff of rounding to bf16 (7 stored mantissa bits)
@@ -122,13 +122,16 @@ def test_int4_linear_uses_kernel(kernel) -> None:
     ref = x.double() @ dequant(q, scale, offset).T + bias.bfloat16().double()
     torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=2e-2)
     # decode and verification batches go through the kernel: each row equals its single-row result
-    some = torch.randn(DENSE_FROM_ROWS - 1, 128).bfloat16()
+    some = torch.randn(200, 128).bfloat16()
     assert torch.equal(lin(some)[7], lin(some[7:8])[0])
-    # prefill-sized inputs run on the unpacked weight, whose values are the kernel's exactly
+    # prefill chunks run on the unpacked weight, whose values are the kernel's exactly
     unpacked = lin.unpack()
     assert torch.equal(unpacked.double(), dequant(q, scale, offset).bfloat16().double())
-    many = torch.randn(DENSE_FROM_ROWS, 128).bfloat16()
-    assert torch.equal(lin(many), torch.nn.functional.linear(many, unpacked) + lin.bias)
+    with dense_matmuls():
+        dense = lin(some)
+    assert torch.equal(dense, torch.nn.functional.linear(some, unpacked) + lin.bias)
+    with dense_matmuls():    # and a row's result does not depend on the rows beside it
+        assert torch.equal(lin(some[40:90]), dense[40:90])
 
 
 def test_fallback_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,8 +141,9 @@ def test_fallback_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     lin = Int4Linear(q, scale, offset)
     assert not lin.native
     w = dequant(q, scale, offset)
-    for rows in (3, 100):   # torch's int4 op, and the unpack + dense path for large inputs
-        x = torch.randn(rows, 128).bfloat16()
+    x = torch.randn(100, 128).bfloat16()
+    torch.testing.assert_close(lin(x).double(), x.double() @ w.T, rtol=2e-2, atol=2e-2)   # torch's int4 op
+    with dense_matmuls():     # and the unpack + dense path of prefill chunks
         torch.testing.assert_close(lin(x).double(), x.double() @ w.T, rtol=2e-2, atol=2e-2)
 
 

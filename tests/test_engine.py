@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hastelm import SamplingParams
+from hastelm.engine import PREFILL_CHUNK
 from hastelm.errors import ContextOverflowError, InvalidParameterError
 
 PROMPT = "The three primary colours are"
@@ -26,15 +27,18 @@ def test_stream_matches_generate(llm_fast):
     assert all(s.finish_reason is None for s in steps[:-1])
 
 
-def test_prefix_reuse_gives_the_same_tokens_as_a_fresh_cache(llm_f32):
-    params = SamplingParams(temperature=0, max_tokens=20)
-    base = "Here is a list of fruits: apple, banana,"
-    first = llm_f32.generate(base, params)[0]
+@pytest.mark.parametrize("mode", ["llm_f32", "llm_fast"])
+def test_prefix_reuse_gives_the_same_tokens_as_a_fresh_cache(mode, request):
+    llm = request.getfixturevalue(mode)
+    params = SamplingParams(temperature=0, max_tokens=40)
+    base = "Here is a list of fruits: apple, banana, " + "cherry, grape, lemon, mango, " * 40
+    first = llm.generate(base, params)[0]
     extended = base + first.text + " And vegetables:"
-    reused = llm_f32.generate(extended, params)[0]           # reuses the cached prefix
-    llm_f32.cache.reset(0)
-    llm_f32._cached_ids = []
-    fresh = llm_f32.generate(extended, params)[0]
+    reused = llm.generate(extended, params)[0]           # reuses the cached prefix (whole chunks of it)
+    llm.cache.reset(0)
+    llm._cached_ids = []
+    fresh = llm.generate(extended, params)[0]
+    assert len(llm.encode_prompt(base)) > PREFILL_CHUNK      # so a whole chunk is reused
     assert reused.token_ids == fresh.token_ids
 
 
@@ -60,3 +64,30 @@ def test_empty_messages_and_prompt_rejected(llm_fast):
         llm_fast.chat([])
     with pytest.raises(InvalidParameterError):
         llm_fast.generate([[]], SamplingParams())
+
+
+def test_padded_prefill_batch_fills_the_cache_exactly_as_alone(llm_fast):
+    """The server prefills new requests together (one padded forward, dense matmuls); each row's
+    cache must be bit-identical to its prompt prefilled alone, and its padding must not stay."""
+    import torch
+
+    model = llm_fast.model
+    prompts = [llm_fast.encode_prompt(t) for t in (
+        "Summarize: the council met on Tuesday to discuss new bicycle lanes and parking " * 3,
+        "def fibonacci(n):\n    # return the n-th Fibonacci number, iteratively\n" * 2,
+        "Translate into French: the weather is nice today, so we are going to the park. " * 2)]
+    assert all(len(p) >= 32 for p in prompts) and len({len(p) for p in prompts}) == 3
+    alone, batch = model.new_cache(256, slots=3), model.new_cache(256, slots=3)
+    for s, ids in enumerate(prompts):
+        model(torch.tensor([ids]), torch.arange(len(ids))[None], alone, slots=[s], last_only=True, prefill=True)
+    width = max(map(len, prompts))
+    tokens = torch.tensor([ids + [0] * (width - len(ids)) for ids in prompts])
+    model(tokens, torch.arange(width).expand(3, width), batch, slots=[0, 1, 2],
+          last_only=True, prefill=True, valid=[len(p) for p in prompts])
+    for s, ids in enumerate(prompts):
+        n = len(ids)
+        assert batch.length(s) == alone.length(s) == n
+        assert bool((batch.positions[s, n:] == -1).all())
+        for layer in range(len(model.layers)):
+            assert torch.equal(batch.keys[layer][s, :n], alone.keys[layer][s, :n])
+            assert torch.equal(batch.values[layer][s, :n], alone.values[layer][s, :n])

@@ -15,8 +15,13 @@ from torch import nn
 
 from ..kv.cache import KVCache
 from ..quant.kernels import decode_attention, native
+from ..quant.linear import dense_matmuls
 from .config import ModelConfig
 from .rope import apply_rope, rope_table
+
+
+# prefill chunks of at least this many tokens (per row) run their packed matmuls dense
+PREFILL_DENSE_FROM = 32
 
 
 def residual_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -109,13 +114,17 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                 slots: Sequence[int] | None = None, tree_mask: torch.Tensor | None = None,
                 layers: Sequence[int] | None = None, last_only: bool = False,
-                return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                return_hidden: bool = False, prefill: bool = False,
+                valid: Sequence[int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Run `tokens` `[B, T]` at RoPE `positions` `[B, T]`, appending their K/V to `cache`.
 
         New entries go after each slot's cached prefix, which they all see. Among themselves they
         attend causally, or by `tree_mask` `[T, T]` / `[B, T, T]` (True = may attend) for a draft
-        tree. `layers` runs only those layers (self-speculative drafting). Returns float32 logits
-        `[B, T, V]` (`[B, 1, V]` with `last_only`), plus the final hidden states if asked.
+        tree. `layers` runs only those layers (self-speculative drafting). `prefill` marks a prompt
+        chunk (dense matmuls from PREFILL_DENSE_FROM tokens); `valid` gives a padded prefill batch's
+        real tokens per row: each row then attends exactly as it would alone, and its padding
+        leaves the cache. Returns float32 logits `[B, T, V]` (`[B, 1, V]` with `last_only`), plus
+        the final hidden states if asked.
         """
         B, T = tokens.shape
         tokens, positions = tokens.to(self.device), positions.to(self.device)   # no-ops when already there
@@ -131,11 +140,16 @@ class Transformer(nn.Module):
         rot_l = self._rope(True, int(positions.max()) + 1)[positions] if self.config.sliding_window else rot_g
         x = self.embed(tokens)
         run = range(len(self.layers)) if layers is None else layers
-        for i in run:
-            sliding = self.config.layer_is_sliding(i)
-            x = self._layer(i, x, cache, slots, write, L, masks[sliding], rot_l if sliding else rot_g)
+        rows = None if valid is None else list(zip(starts, valid))
+        with dense_matmuls(prefill and T >= PREFILL_DENSE_FROM):
+            for i in run:
+                sliding = self.config.layer_is_sliding(i)
+                x = self._layer(i, x, cache, slots, write, L, masks[sliding], rot_l if sliding else rot_g, rows)
         for s in slots:
             cache.commit(s, T)
+        if valid is not None:
+            for s, n in zip(slots, valid):
+                cache.trim(T - n, s)
         h = x[:, -1:] if last_only else x
         out = self.logits(h)
         return (out, h) if return_hidden else out
@@ -203,7 +217,8 @@ class Transformer(nn.Module):
         return decode_attention(q[:, 0], keys, values, slots, lengths, visible, scale).unsqueeze(2)
 
     def _layer(self, i: int, x: torch.Tensor, cache: KVCache, slots: list[int], write: tuple,
-               L: int, mask: torch.Tensor | None, rot: torch.Tensor) -> torch.Tensor:
+               L: int, mask: torch.Tensor | None, rot: torch.Tensor,
+               rows: list[tuple[int, int]] | None = None) -> torch.Tensor:
         layer = self.layers[i]
         eps = self.config.rms_norm_eps
         B, T, _ = x.shape
@@ -239,8 +254,15 @@ class Transformer(nn.Module):
         else:
             keys[write] = k
             values[write] = v
-            sl = torch.tensor(slots, device=self.device)
-            att = self._attend(q, keys[sl, :L], values[sl, :L], mask)
+            if rows is None:
+                sl = torch.tensor(slots, device=self.device)
+                att = self._attend(q, keys[sl, :L], values[sl, :L], mask)
+            else:   # a padded prefill batch: each row over its own prefix and tokens, as alone
+                att = q.new_zeros(B, nq, T, hd)
+                for r, (s, (start, n)) in enumerate(zip(slots, rows)):
+                    end = start + n
+                    att[r:r + 1, :, :n] = self._attend(q[r:r + 1, :n], keys[s:s + 1, :end], values[s:s + 1, :end],
+                                                       None if mask is None else mask[r:r + 1, ..., :n, :end])
         att = layer.o(att.transpose(1, 2).reshape(B, T, nq * hd)).to(self.residual_dtype)
         if layer.post_attn_norm is not None:
             att = F.rms_norm(att, (att.shape[-1],), layer.post_attn_norm, eps)

@@ -3,14 +3,14 @@
 GGUF Q4_0/Q4_1/Q4_K blocks are exactly `w = q * scale + offset` on groups of 32, so those weights
 stay packed with no requantization. They run through hastelm's own AVX512-BF16 kernel
 (quant/kernels.py) where it is available: bf16 products with fp32 accumulation, every output row
-bit-identical whatever the batch size. Elsewhere torch's CPU int4 op runs them; its cost grows
-linearly with the number of rows, so for prefill-sized inputs that path unpacks the weight to
-bf16 on the fly and runs a dense GEMM instead.
+bit-identical whatever the batch size. Elsewhere torch's CPU int4 op runs them. Prefill chunks
+(`dense_matmuls`) unpack the weight to bf16 on the fly and run one dense GEMM instead.
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +19,27 @@ from torch import nn
 from .ggml_blocks import int4_matmul, pack_int4_for_cpu
 from .kernels import BLOCK_COLS, int4_gemm, int4_unpack, int8_gemm, native, pack_int4, pack_int8, unpack_int8_rows
 
-# Rows of input from which unpack + dense bf16 GEMM beats the int4 kernels (2-core AVX-512 CPU,
-# 3072x576 weight: torch's op 11.1 ms, hastelm's 9.7 ms, dense 4.4 ms at 512 rows; hastelm's
-# 2.4 ms vs dense 1.1 ms + unpack at 128). Decode and verification batches stay below it, so
-# their rows keep the kernel's batch-size-independent numerics.
-DENSE_FROM_ROWS = 128
+
+class _Policy(threading.local):
+    dense = False
+
+
+_policy = _Policy()
+
+
+@contextmanager
+def dense_matmuls(enabled: bool = True) -> Iterator[None]:
+    """Within this block (on this thread), packed int4 layers unpack their weight and run one dense
+    bf16 GEMM: prefill chunks, where that is 2x the int4 tiles (2-core AVX-512 CPU, 3072x576
+    weight at 256 rows: tiles 5.1 ms, unpack 0.5 + GEMM 2.6 ms). Outside, decode and verification
+    rows keep the kernel's batch-size-independent numerics. The dense GEMM's rows do not depend on
+    the number of rows either, so a prompt prefilled alone or in a batch gets the same cache."""
+    before = _policy.dense
+    _policy.dense = enabled
+    try:
+        yield
+    finally:
+        _policy.dense = before
 
 
 class _Scratch(threading.local):
@@ -93,11 +109,11 @@ class Int4Linear(nn.Module):
         return w.view(n, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if self.native and rows < DENSE_FROM_ROWS:
+        dense = _policy.dense and (self.native or self.can_unpack)
+        if self.native and not dense:
             # float32 inputs are rounded to bf16 inside the kernel, which then returns float32
             out = int4_gemm(x if x.dtype == torch.float32 else x.to(self.dtype), self.packed)
-        elif rows >= DENSE_FROM_ROWS and (self.native or self.can_unpack):
+        elif dense:
             weight = self.unpack(_scratch.take(self.out_features, self.in_features) if self.native else None)
             out = F.linear(x.to(self.dtype), weight)
         else:

@@ -66,7 +66,7 @@ class DraftModel:
         for lo in range(0, len(ids), CHUNK):
             chunk = ids[lo:lo + CHUNK]
             pos = torch.arange(start + lo, start + lo + len(chunk), device=dev)[None]
-            logits = self.model(torch.tensor([chunk], device=dev), pos, cache, last_only=True)[0, -1]
+            logits = self.model(torch.tensor([chunk], device=dev), pos, cache, last_only=True, prefill=True)[0, -1]
         return logits
 
     def update(self, seq: Sequence, feedback: Feedback) -> None:
