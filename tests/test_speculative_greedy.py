@@ -128,7 +128,8 @@ def test_greedy_free_proposers_match_plain(llm_f32, prompts, references, name, m
 
 
 def test_greedy_auto_controller_matches_plain(llm_f32, prompts, references):
-    check_strategy(llm_f32, prompts, references, "auto", 0.0, alone=True)
+    # the controller only picks among the proposers verified above on all 10 prompts; 4 suffice
+    check_strategy(llm_f32, prompts[:4], references[:4], "auto", 0.0, alone=True)
 
 
 def test_greedy_layerskip_matches_plain(llm_f32, prompts, references):
