@@ -103,7 +103,8 @@ _BYTE_OF_CHAR: dict[str, int] = {c: b for b, c in _byte_level_alphabet().items()
 @dataclass(frozen=True)
 class _Vocab:
     """What the Tokenizer needs besides the backend: id -> piece and how pieces become bytes."""
-    pieces: list[str]
+    size: int
+    overrides: dict[int, str]       # pieces the backend does not map back (duplicates in a GGUF vocab)
     kind: str                       # "byte_level" | "sentencepiece" | "other"
     special_ids: frozenset[int]     # control tokens: skipped by decode(skip_special=True)
     raw_ids: frozenset[int]         # tokens whose piece is literal text (added tokens)
@@ -217,7 +218,7 @@ class Tokenizer:
                  chat_template: str | None) -> None:
         self._backend = backend
         self._vocab = vocab
-        self.vocab_size: int = len(vocab.pieces)
+        self.vocab_size: int = vocab.size
         self.bos_id = bos_id
         self.eos_id = eos_id  # the model's declared EOS (the template's `eos_token`)
         self.add_bos = add_bos and bos_id is not None
@@ -254,7 +255,7 @@ class Tokenizer:
         backend.add_tokens(user)
         n = len(tokens)
         vocab = _Vocab(
-            pieces=tokens, kind=kind,
+            size=n, overrides={i: t for i, t in enumerate(tokens) if backend.id_to_token(i) != t}, kind=kind,
             special_ids=frozenset(i for i, t in enumerate(types) if t in (TOKEN_CONTROL, TOKEN_UNKNOWN)),
             raw_ids=frozenset(i for i, t in enumerate(types)
                               if t in (TOKEN_CONTROL, TOKEN_UNKNOWN, TOKEN_USER_DEFINED)),
@@ -286,9 +287,8 @@ class Tokenizer:
         config = _read_json(folder / "tokenizer_config.json")
         gen_config = _read_json(folder / "generation_config.json")
 
-        pieces = [backend.id_to_token(i) or "" for i in range(backend.get_vocab_size(with_added_tokens=True))]
         added = backend.get_added_tokens_decoder()
-        vocab = _Vocab(pieces=pieces, kind=_hf_kind(spec),
+        vocab = _Vocab(size=backend.get_vocab_size(with_added_tokens=True), overrides={}, kind=_hf_kind(spec),
                        special_ids=frozenset(i for i, t in added.items() if t.special),
                        raw_ids=frozenset(added))
 
@@ -326,7 +326,7 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes this token contributes to the output (a byte-level or byte-fallback token
         can be part of a UTF-8 character)."""
-        piece = self._vocab.pieces[token_id]
+        piece = self._piece(token_id)
         if token_id in self._vocab.raw_ids:
             return piece.encode("utf-8")
         if self._vocab.kind == "byte_level":
@@ -342,6 +342,12 @@ class Tokenizer:
                     pass
             return piece.replace(SPM_SPACE, " ").encode("utf-8")
         return self._backend.decode([token_id], skip_special_tokens=False).encode("utf-8")
+
+    def _piece(self, token_id: int) -> str:
+        # pieces come from the backend (no second 49k-string list in memory), bar the few it lacks
+        if not 0 <= token_id < self._vocab.size:
+            raise IndexError(f"token id {token_id} outside the vocabulary of {self._vocab.size}")
+        return self._vocab.overrides.get(token_id) or self._backend.id_to_token(token_id) or ""
 
     def token_text(self, token_id: int) -> str:
         """Readable text of one token (special tokens as their literal text)."""
@@ -368,7 +374,7 @@ class Tokenizer:
         return CHATML_TEMPLATE
 
     def _special_text(self, token_id: int | None) -> str:
-        return self._vocab.pieces[token_id] if token_id is not None else ""
+        return self._piece(token_id) if token_id is not None else ""
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
                             **extra: Any) -> str:
