@@ -232,3 +232,12 @@ def test_decode_attention_matches_sdpa_and_ignores_the_rest_of_the_batch(kernel)
         assert torch.equal(kernels.decode_attention(q, keys, values, rows_slots, lengths, visible, 0.125), out)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_kernel
+def test_rms_norm_matches_torch_and_rows_are_batch_independent(kernel) -> None:
+    x = torch.randn(9, 576) * 3
+    w = torch.rand(576) + 0.5
+    y = kernels.rms_norm(x, w, 1e-5)
+    torch.testing.assert_close(y, torch.nn.functional.rms_norm(x, (576,), w, 1e-5), rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(kernels.rms_norm(x[i:i + 1], w, 1e-5), y[i:i + 1]) for i in range(9))

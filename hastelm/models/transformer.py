@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kv.cache import KVCache
-from ..quant.kernels import decode_attention, native
+from ..quant.kernels import decode_attention, native, rms_norm
 from ..quant.linear import dense_matmuls
 from .config import ModelConfig
 from .rope import apply_rope, rope_table
@@ -71,6 +71,9 @@ class Transformer(nn.Module):
         # bf16 CPU decode: hastelm's one-token attention kernel, batch-independent per row
         self.decode_kernel = (dtype == torch.bfloat16 and self.device.type == "cpu" and self.head_dim % 16 == 0
                               and self.head_dim <= 256 and native() is not None)
+        # fast CPU mode: norms in one native call (torch runs six ops per norm here)
+        self.norm_kernel = (dtype == torch.bfloat16 and self.residual_dtype == torch.float32
+                            and self.device.type == "cpu" and c.hidden_size % 16 == 0 and native() is not None)
         self._rope_global: torch.Tensor | None = None
         self._rope_local: torch.Tensor | None = None
 
@@ -104,8 +107,14 @@ class Transformer(nn.Module):
             x = x * torch.tensor(self.embed_scale, dtype=self.dtype).to(self.residual_dtype)
         return x
 
+    def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMS norm over the hidden size (residual-stream rows)."""
+        if self.norm_kernel:
+            return rms_norm(x, weight, self.config.rms_norm_eps)
+        return F.rms_norm(x, (x.shape[-1],), weight, self.config.rms_norm_eps)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        x = F.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.config.rms_norm_eps)
+        x = self.norm(hidden, self.final_norm)
         out = self.lm_head(x).float()
         cap = self.config.final_logit_softcapping
         return torch.tanh(out / cap) * cap if cap else out
@@ -223,7 +232,7 @@ class Transformer(nn.Module):
         eps = self.config.rms_norm_eps
         B, T, _ = x.shape
         nq, nkv, hd = self.n_q, self.n_kv, self.head_dim
-        h = F.rms_norm(x, (x.shape[-1],), layer.attn_norm, eps)
+        h = self.norm(x, layer.attn_norm)
         qkv = layer.qkv(h).view(B, T, nq + 2 * nkv, hd)
         qk, v = qkv[:, :, :nq + nkv], qkv[:, :, nq + nkv:].to(self.dtype)
         if layer.qk_norm is not None:
@@ -265,11 +274,11 @@ class Transformer(nn.Module):
                                                        None if mask is None else mask[r:r + 1, ..., :n, :end])
         att = layer.o(att.transpose(1, 2).reshape(B, T, nq * hd)).to(self.residual_dtype)
         if layer.post_attn_norm is not None:
-            att = F.rms_norm(att, (att.shape[-1],), layer.post_attn_norm, eps)
+            att = self.norm(att, layer.post_attn_norm)
         x = x + att
-        h = F.rms_norm(x, (x.shape[-1],), layer.ffn_norm, eps)
+        h = self.norm(x, layer.ffn_norm)
         gate, up = layer.gate_up(h).chunk(2, dim=-1)
         f = layer.down(self.act(gate) * up).to(self.residual_dtype)
         if layer.post_ffn_norm is not None:
-            f = F.rms_norm(f, (f.shape[-1],), layer.post_ffn_norm, eps)
+            f = self.norm(f, layer.post_ffn_norm)
         return x + f

@@ -3,7 +3,8 @@
 `int4_gemm` multiplies bf16 activations by a groupwise-int4 weight packed by `pack_int4`
 (csrc/int4_kernel.h: AVX512-BF16 `vdpbf16ps`, fp32 accumulation, rows bit-identical for any
 batch size); `int8_gemm` does the same for per-row int8 weights packed by `pack_int8`
-(csrc/int8_kernel.h); `decode_attention` is one-token attention over each row's own cached keys
+(csrc/int8_kernel.h); `rms_norm` normalises float32 rows in one call (csrc/rms_norm.h);
+`decode_attention` is one-token attention over each row's own cached keys
 (csrc/decode_attention.h: a row's result does not depend on the rest of the batch). The extension is built once into ~/.cache/hastelm/torch_extensions (or under
 $XDG_CACHE_HOME) and reused.
 `native()` returns None when it cannot be used: HASTELM_NO_KERNELS=1, no compiler, a failed
@@ -143,6 +144,14 @@ def int4_unpack(packed: torch.Tensor, in_features: int, out: torch.Tensor | None
     if out is None:
         out = torch.empty(packed.shape[0] * BLOCK_COLS, in_features, dtype=torch.bfloat16)
     return mod.int4_unpack(packed, in_features, out)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`F.rms_norm(x, (D,), weight, eps)` for float32 rows in one native call (csrc/rms_norm.h)."""
+    mod = _load()
+    if mod is None:
+        raise RuntimeError("the CPU kernels are not available on this machine")
+    return mod.rms_norm(x.contiguous(), weight, eps)
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int],

@@ -1,5 +1,6 @@
 // Python bindings of hastelm's CPU kernels: the W4A16 int4 GEMM (int4_kernel.h), the W8A16 int8
-// GEMM (int8_kernel.h) and one-token decode attention (decode_attention.h): checks, threads.
+// GEMM (int8_kernel.h), one-token decode attention (decode_attention.h) and RMS norm (rms_norm.h):
+// checks, threads.
 // Only the ATen/pybind headers it needs: a third of <torch/extension.h>'s compile time.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -10,6 +11,7 @@
 #include "decode_attention.h"
 #include "int4_kernel.h"
 #include "int8_kernel.h"
+#include "rms_norm.h"
 
 namespace {
 
@@ -152,6 +154,25 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   return out;
 }
 
+// x: float32 [..., D] contiguous, D % 16 == 0; w: float32 [D]. Returns rms_norm(x) * w, float32.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  TORCH_CHECK(cpu_supported(), "rms_norm needs a CPU with AVX-512");
+  const int64_t D = x.size(-1);
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && D % 16 == 0,
+              "x must be a contiguous float32 CPU tensor with a last dimension divisible by 16");
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.numel() == D, "w must be float32 [D]");
+  auto y = at::empty(x.sizes(), x.options());
+#ifdef HASTELM_X86
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, x.numel() / D, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) hastelm_norm::rms_norm_row(xp + r * D, wp, D, static_cast<float>(eps), yp + r * D);
+  });
+#endif
+  return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -159,5 +180,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int4_gemm", &int4_gemm, "y = x @ W.T for a groupwise-int4 W packed by pack_int4");
   m.def("decode_attention", &decode_attention, "one-token attention over each row's cached keys");
   m.def("int8_gemm", &int8_gemm, "y = x @ W.T * scale for a per-row int8 W packed by pack_int8");
+  m.def("rms_norm", &rms_norm, "RMS norm of float32 rows times a weight");
   m.def("int4_unpack", &int4_unpack, "the dense bfloat16 [N, K] weight of a pack_int4 weight");
 }
