@@ -21,11 +21,29 @@ namespace hastelm_attention {
 constexpr int kMaxHeadDim = 256;
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
 
 inline __m512 load_bf16(const uint16_t* p) {   // 16 bf16 values widened exactly to fp32
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+// exp(x) of 16 lanes (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in r, times 2^n; about
+// 1 ulp), so the softmax does not pay a scalar std::exp per cached key.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));                    // below: 0 after scaling anyway
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
 }
 
 // q [D]; key/value position i at k + i * ld, v + i * ld; `visible` (n flags) or null = all.
@@ -48,12 +66,18 @@ inline void attend_one(const uint16_t* q, const uint16_t* k, const uint16_t* v, 
     scores[i] = s;
     best = s > best ? s : best;
   }
-  float total = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float p = scores[i] == -INFINITY ? 0.0f : std::exp(scores[i] - best);
-    scores[i] = p;
-    total += p;
+  // probabilities 16 at a time; hidden keys (-inf) give exactly 0
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 top = _mm512_set1_ps(best), hidden = _mm512_set1_ps(-INFINITY);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 lanes = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 s = _mm512_maskz_loadu_ps(lanes, scores + i);
+    const __mmask16 live = lanes & _mm512_cmp_ps_mask(s, hidden, _CMP_NEQ_OQ);
+    const __m512 p = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(s, top)));
+    _mm512_mask_storeu_ps(scores + i, lanes, p);
+    sum = _mm512_add_ps(sum, p);
   }
+  const float total = _mm512_reduce_add_ps(sum);
   __m512 o[kMaxHeadDim / 16];
   for (int c = 0; c < C; ++c) o[c] = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; ++i) {
