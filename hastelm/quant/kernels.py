@@ -57,8 +57,11 @@ def _load() -> ModuleType | None:
         path.mkdir(parents=True, exist_ok=True)
         if not any(path.glob("*.so")):
             print("hastelm: compiling the CPU kernels (once; about a minute)", file=sys.stderr)
+        # -fopenmp: at::parallel_for is an OpenMP region compiled into this module; without the
+        # flag it silently runs on one thread. libgomp.so.1 resolves to the copy torch loaded.
         mod = load(name="hastelm_cpu_kernels", sources=[str(s) for s in _SOURCES],
-                   extra_cflags=["-O3"], build_directory=str(path), verbose=False)
+                   extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                   build_directory=str(path), verbose=False)
     except Exception as exc:  # no compiler, no ninja, build error: fall back, but say why once
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         warnings.warn(f"hastelm: int4 kernel not built ({first}); using torch's int4 op", stacklevel=2)
