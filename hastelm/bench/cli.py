@@ -17,6 +17,7 @@ from rich.console import Console
 
 from ..errors import HastelmError
 from ..models.registry import DEFAULT_MODEL, resolve_model
+from ..system import usable_cores
 from .engines import ENGINES, installed
 
 bench_app = typer.Typer(help="Benchmarks: speed and memory against transformers and llama.cpp.",
@@ -60,7 +61,7 @@ def bench(
         _check_counts({"-r/--repetitions": reps, "--limit": limit, "--max-tokens": max_tokens, "--ctx": context,
                        "--peer-limit": peer_limit or 1, "--threads": threads or 1})
         from .jobs import Settings
-        settings = Settings(resolve_model(model), _engines(engines), threads or _cores(), dtype, context,
+        settings = Settings(resolve_model(model), _engines(engines), threads or usable_cores(), dtype, context,
                             _device(device))
         spec = _workload_spec(workload, prompts, speculative)
         if spec is None:
@@ -136,10 +137,6 @@ def _device(value: str) -> str:
     if value == "cuda" and not torch.cuda.is_available():
         raise HastelmError("--device cuda: no GPU is available")
     return ("cuda" if torch.cuda.is_available() else "cpu") if value == "auto" else value
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _engines(value: str) -> list[str]:

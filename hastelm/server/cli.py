@@ -15,8 +15,9 @@ def torch_threads(threads: int | None) -> None:
     waits at every barrier, which on 2 cores made one stream's step 2x slower, not faster."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(threads or max(1, cores - 1))
+    from ..system import usable_cores
+
+    torch.set_num_threads(threads or max(1, usable_cores() - 1))
 
 
 def serve(

@@ -75,7 +75,7 @@ at::Tensor int8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const float* sp = scale.data_ptr<float>();
   void* yp = y.data_ptr();
   // Columns are independent, so any split over threads gives identical results.
-  at::parallel_for(0, blocks, 16,  [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
     hastelm_int8::gemm_cols(xp, M, K, wp, sp, b0, b1, yp, N, !out_fp32);
   });
 #endif

@@ -76,7 +76,8 @@ inline void attend_one(const uint16_t* q, const uint16_t* k, const uint16_t* v, 
   __m512 top = hidden;
   for (int64_t i = 0; i < n; i += 16) {
     const int count = n - i >= 16 ? 16 : static_cast<int>(n - i);
-    __mmask16 live = count == 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
+    const __mmask16 lanes = count == 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
+    __mmask16 live = lanes;
     if (visible != nullptr) {
       const __m128i flags = _mm_maskz_loadu_epi8(live, visible + i);
       live &= _mm_cmpneq_epi8_mask(flags, _mm_setzero_si128());
@@ -91,7 +92,7 @@ inline void attend_one(const uint16_t* q, const uint16_t* k, const uint16_t* v, 
     }
     const __m512 s = _mm512_mask_blend_ps(live, hidden, _mm512_mul_ps(sum16(acc), sc));
     top = _mm512_max_ps(top, s);
-    _mm512_mask_storeu_ps(scores + i, count == 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1), s);
+    _mm512_mask_storeu_ps(scores + i, lanes, s);
   }
   const float best = _mm512_reduce_max_ps(top);
   // probabilities 16 at a time; hidden keys (-inf) give exactly 0
