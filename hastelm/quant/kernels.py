@@ -1,14 +1,14 @@
 """Native CPU kernels, compiled on first use, with a clean "not available" answer otherwise.
 
-`int4_gemm` multiplies bf16 activations by a groupwise-int4 weight packed by `pack_int4`
-(csrc/int4_kernel.h: AVX512-BF16 `vdpbf16ps`, fp32 accumulation, rows bit-identical for any
-batch size); `int8_gemm` does the same for per-row int8 weights packed by `pack_int8`
+`int4_gemm` multiplies activations, quantized per row to int8 in groups of 32, by a groupwise-int4
+weight packed by `pack_int4` (csrc/int4_kernel.h: AVX512-VNNI `vpdpbusd`, exact integer sums,
+rows bit-identical for any batch size); `int8_gemm` does the same for per-row int8 weights packed by `pack_int8`
 (csrc/int8_kernel.h); `rms_norm` normalises float32 rows in one call (csrc/rms_norm.h);
 `decode_attention` is one-token attention over each row's own cached keys
 (csrc/decode_attention.h: a row's result does not depend on the rest of the batch). The extension is built once into ~/.cache/hastelm/torch_extensions (or under
 $XDG_CACHE_HOME) and reused.
 `native()` returns None when it cannot be used: HASTELM_NO_KERNELS=1, no compiler, a failed
-build, or a CPU without AVX512-BF16. Callers then use torch's own int4 op.
+build, or a CPU without AVX512-BF16 and AVX512-VNNI. Callers then use torch's own int4 op.
 """
 from __future__ import annotations
 
@@ -86,9 +86,9 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> tor
     if n % BLOCK_COLS or k % GROUP:
         raise ValueError(f"int4 packing needs rows % 16 == 0 and cols % 32 == 0, got {tuple(q.shape)}")
     nb, g = n // BLOCK_COLS, k // GROUP
-    # [block, col, chunk, j, h] -> [block, chunk, col, h, j]; word (col, h) holds nibbles j = 0..3
-    t = q.to(torch.uint8).reshape(nb, BLOCK_COLS, k // 8, 4, 2).permute(0, 2, 1, 4, 3)
-    nibbles = (t[..., 0::2] | (t[..., 1::2] << 4)).reshape(nb, g, 256)
+    # [block, col, group, chunk, half, i] -> byte [block, group, chunk, col, i]: low nibble half 0
+    t = q.to(torch.uint8).reshape(nb, BLOCK_COLS, g, 4, 2, 4).permute(0, 2, 3, 1, 5, 4)
+    nibbles = (t[..., 0] | (t[..., 1] << 4)).reshape(nb, g, 256)
     sz = torch.stack((scale, offset)).to(torch.float32)
     sz16 = sz.to(torch.float16)
     if torch.equal(sz16.float(), sz):   # Q4_0/Q4_1 scales are fp16 in the file: nothing is lost
@@ -98,15 +98,17 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> tor
 
 
 def int4_gemm(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    """`x @ w.T` for `w` packed by `pack_int4`; any leading dims. bf16 activations are used as
-    is; float32 ones are rounded to bf16 first (the kernel multiplies in bf16), and the result
-    comes back in x's dtype."""
+    """`x @ w.T` for `w` packed by `pack_int4`; any leading dims. The kernel quantizes each row of
+    float32 or bf16 activations to int8 per group of 32 (other dtypes go through float32); the
+    result comes back in x's dtype."""
     mod = _load()   # callers decide with native(); this only guards direct use
     if mod is None:
         raise RuntimeError("the int4 kernel is not available on this machine")
     lead, k = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
-    y = mod.int4_gemm(x2, packed, x.dtype == torch.float32)
+    x2 = x.reshape(-1, k)
+    if x2.dtype not in (torch.float32, torch.bfloat16):
+        x2 = x2.float()
+    y = mod.int4_gemm(x2.contiguous(), packed, x.dtype == torch.float32)
     return y.reshape(*lead, y.shape[-1]).to(x.dtype)
 
 

@@ -1,4 +1,4 @@
-// Python bindings of hastelm's CPU kernels: the W4A16 int4 GEMM (int4_kernel.h), the W8A16 int8
+// Python bindings of hastelm's CPU kernels: the W4A8 int4 GEMM (int4_kernel.h), the W8A16 int8
 // GEMM (int8_kernel.h), one-token decode attention (decode_attention.h) and RMS norm (rms_norm.h):
 // checks, threads.
 // Only the ATen/pybind headers it needs: a third of <torch/extension.h>'s compile time.
@@ -27,29 +27,37 @@ bool check_packed(const at::Tensor& w, int64_t K) {
   return half;
 }
 
-// x: bf16 [M, K] contiguous; w: packed uint8 [N/16, K/32, 320 or 384]. Returns [M, N] in bfloat16,
-// or float32 when `out_fp32`.
+// x: bf16 or fp32 [M, K] contiguous; w: packed uint8 [N/16, K/32, 320 or 384]. Returns [M, N] in
+// bfloat16, or float32 when `out_fp32`.
 at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& w, bool out_fp32) {
-  TORCH_CHECK(cpu_supported(), "int4_gemm needs a CPU with AVX512-BF16");
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
-              "x must be a contiguous 2-D bfloat16 CPU tensor");
+  TORCH_CHECK(cpu_supported(), "int4_gemm needs a CPU with AVX512-BF16 and AVX512-VNNI");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous() &&
+              (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat),
+              "x must be a contiguous 2-D bfloat16 or float32 CPU tensor");
   const bool half = check_packed(w, x.size(1));
   const int64_t M = x.size(0), K = x.size(1), blocks = w.size(0), N = blocks * kBlockCols;
   auto y = at::empty({M, N}, x.options().dtype(out_fp32 ? at::kFloat : at::kBFloat16));
 #ifdef HASTELM_X86
   if (M == 0) return y;
   const int64_t G = K / kGroup;
-  std::vector<float> sums(M * G);
-  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
-  for (int64_t m = 0; m < M; ++m) group_sums(xp + m * K, K, sums.data() + m * G);
+  std::vector<int8_t> xq(M * K);
+  std::vector<float> dx(M * G), sums(M * G);
+  for (int64_t m = 0; m < M; ++m) {
+    if (x.scalar_type() == at::kFloat)
+      quantize_row(x.data_ptr<float>() + m * K, K, xq.data() + m * K, dx.data() + m * G, sums.data() + m * G);
+    else
+      quantize_row(reinterpret_cast<const uint16_t*>(x.data_ptr()) + m * K, K, xq.data() + m * K,
+                   dx.data() + m * G, sums.data() + m * G);
+  }
+  const QuantRows rows{xq.data(), dx.data(), sums.data(), K, G};
   const auto* wp = w.data_ptr<uint8_t>();
   void* yp = y.data_ptr();
   // Columns are independent, so any split over threads gives identical results.
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     if (half)
-      gemm_cols<uint16_t>(xp, M, K, sums.data(), wp, b0, b1, yp, N, !out_fp32);
+      gemm_cols<uint16_t>(rows, M, wp, b0, b1, yp, N, !out_fp32);
     else
-      gemm_cols<float>(xp, M, K, sums.data(), wp, b0, b1, yp, N, !out_fp32);
+      gemm_cols<float>(rows, M, wp, b0, b1, yp, N, !out_fp32);
   });
 #endif
   return y;
@@ -83,7 +91,7 @@ at::Tensor int8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 }
 
 // The whole of W as bfloat16 [N, K], written into `out` (a reused buffer: no fresh pages to fault
-// in): prefill-sized inputs run faster as unpack + one dense GEMM than through the W4A16 tiles.
+// in): prefill-sized inputs run faster as unpack + one dense GEMM than through the W4A8 tiles.
 at::Tensor int4_unpack(const at::Tensor& w, int64_t K, at::Tensor out) {
   TORCH_CHECK(cpu_supported(), "int4_unpack needs a CPU with AVX512-BF16");
   const bool half = check_packed(w, K);
