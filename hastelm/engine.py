@@ -119,7 +119,7 @@ class LLM:
             chunk = ids[lo:min(lo + PREFILL_CHUNK, len(ids) - 1)]
             toks = torch.tensor([chunk], device=self.device)
             pos = torch.arange(lo, lo + len(chunk), device=self.device)[None]
-            self.model(toks, pos, cache, slots=[seq.slot], last_only=True, prefill=True)
+            self.model(toks, pos, cache, slots=[seq.slot], last_only=True)
         last = torch.tensor([[ids[-1]]], device=self.device)
         logits = self.model(last, torch.tensor([[len(ids) - 1]], device=self.device), cache, slots=[seq.slot])[0, -1]
         if cache is self.cache and seq.slot == 0:

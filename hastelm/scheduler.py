@@ -32,7 +32,6 @@ from .decoding.sampling import SamplingParams, top_logprobs
 from .decoding.sequence import Sequence
 from .decoding.step import StepResult, TokenLogprob
 from .errors import HastelmError
-from .models.transformer import PREFILL_DENSE_FROM
 
 log = logging.getLogger("hastelm.scheduler")
 
@@ -196,10 +195,10 @@ class Scheduler:
 
     def _prefill(self) -> None:
         """The next chunk of each prefilling request, about two chunks' worth of tokens per
-        iteration. Chunks on the same side of PREFILL_DENSE_FROM share one padded forward: each
-        row computes exactly what it would alone (the same matmul path, its own attention)."""
+        iteration, in one padded forward: each row computes exactly what it would alone (matmul
+        rows are batch-independent; each row gets its own attention)."""
         budget = 2 * self.prefill_chunk
-        groups: dict[bool, list[tuple[Job, int, int]]] = {True: [], False: []}
+        chunks: list[tuple[Job, int, int]] = []
         for job in self._prefilling():
             if budget <= 0:
                 break
@@ -209,11 +208,10 @@ class Scheduler:
             if job.prompt_logprobs is not None:
                 self._run_prefill([(job, lo, hi)])     # scoring needs every position's logits
             else:
-                groups[hi - lo >= PREFILL_DENSE_FROM].append((job, lo, hi))
+                chunks.append((job, lo, hi))
             budget -= hi - lo
-        for chunks in groups.values():
-            if chunks:
-                self._run_prefill(chunks)
+        if chunks:
+            self._run_prefill(chunks)
 
     def _run_prefill(self, chunks: list[tuple[Job, int, int]]) -> None:
         try:
@@ -235,7 +233,7 @@ class Scheduler:
         job, lo, hi = chunks[0]
         scoring = job.prompt_logprobs is not None
         logits = self.llm.model(toks, pos, self.cache, slots=[j.seq.slot for j, _, _ in chunks],
-                                last_only=not scoring, prefill=True,
+                                last_only=not scoring,
                                 valid=[hi - lo for _, lo, hi in chunks] if len(chunks) > 1 else None)
         if scoring:
             for i, tok in enumerate(job.ids[lo + 1:hi + 1]):

@@ -12,7 +12,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from hastelm.quant import kernels
 from hastelm.quant.ggml_blocks import int4_groups
-from hastelm.quant.linear import Int4Linear, Int8Linear, dense_matmuls
+from hastelm.quant.linear import Int4Linear, Int8Linear
 
 U_FP32 = 2.0 ** -24   # unit roundoff of fp32 accumulation
 U_BF16 = 2.0 ** -8    # unit roundoff of rounding to bf16 (7 stored mantissa bits)
@@ -142,14 +142,7 @@ def test_int4_linear_uses_kernel(kernel) -> None:
     # decode and verification batches go through the kernel: each row equals its single-row result
     some = torch.randn(200, 128).bfloat16()
     assert torch.equal(lin(some)[7], lin(some[7:8])[0])
-    # prefill chunks run on the unpacked weight, whose values are the kernel's exactly
-    unpacked = lin.unpack()
-    assert torch.equal(unpacked.double(), dequant(q, scale, offset).bfloat16().double())
-    with dense_matmuls():
-        dense = lin(some)
-    assert torch.equal(dense, torch.nn.functional.linear(some, unpacked) + lin.bias)
-    with dense_matmuls():    # and a row's result does not depend on the rows beside it
-        assert torch.equal(lin(some[40:90]), dense[40:90])
+    assert torch.equal(lin(some[40:90]), lin(some)[40:90])
 
 
 def test_fallback_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,8 +154,6 @@ def test_fallback_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     w = dequant(q, scale, offset)
     x = torch.randn(100, 128).bfloat16()
     torch.testing.assert_close(lin(x).double(), x.double() @ w.T, rtol=2e-2, atol=2e-2)   # torch's int4 op
-    with dense_matmuls():     # and the unpack + dense path of prefill chunks
-        torch.testing.assert_close(lin(x).double(), x.double() @ w.T, rtol=2e-2, atol=2e-2)
 
 
 @needs_kernel
@@ -250,6 +241,30 @@ def test_decode_attention_matches_sdpa_and_ignores_the_rest_of_the_batch(kernel)
         assert torch.equal(kernels.decode_attention(q, keys, values, rows_slots, lengths, visible, 0.125), out)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_kernel
+def test_decode_attention_depends_only_on_the_visible_keys(kernel) -> None:
+    """A draft-tree node sees the prefix and its ancestors, with rejected siblings between them; its
+    result must be bit-identical to a decode step over the same keys stored contiguously (which is
+    what the cache holds once the accepted path is compacted), and to a step that sees all keys."""
+    g = torch.Generator().manual_seed(5)
+    kv_heads, head_dim, q_heads, n = 3, 64, 9, 53
+    keys = torch.randn(1, n, kv_heads, head_dim, generator=g).bfloat16()
+    values = torch.randn(1, n, kv_heads, head_dim, generator=g).bfloat16()
+    q = torch.randn(1, q_heads, head_dim, generator=g).bfloat16()
+    visible = torch.rand(1, n, generator=g) < 0.6
+    visible[0, -1] = True
+    kept = visible[0].nonzero().flatten()
+    tree = kernels.decode_attention(q, keys, values, [0], [n], visible, 0.125)
+    contiguous = kernels.decode_attention(q, keys[:, kept].contiguous(), values[:, kept].contiguous(),
+                                          [0], [len(kept)], None, 0.125)
+    assert torch.equal(tree, contiguous)
+    # rows longer than needed, whose extra keys are hidden (a prompt chunk's causal rows), agree too
+    padded = torch.cat([visible, torch.zeros(1, 11, dtype=torch.bool)], dim=1)
+    longer_k = torch.cat([keys, torch.randn(1, 11, kv_heads, head_dim, generator=g).bfloat16()], dim=1)
+    longer_v = torch.cat([values, torch.randn(1, 11, kv_heads, head_dim, generator=g).bfloat16()], dim=1)
+    assert torch.equal(kernels.decode_attention(q, longer_k, longer_v, [0], [n + 11], padded, 0.125), tree)
 
 
 @needs_kernel

@@ -79,11 +79,11 @@ def test_padded_prefill_batch_fills_the_cache_exactly_as_alone(llm_fast):
     assert all(len(p) >= 32 for p in prompts) and len({len(p) for p in prompts}) == 3
     alone, batch = model.new_cache(256, slots=3), model.new_cache(256, slots=3)
     for s, ids in enumerate(prompts):
-        model(torch.tensor([ids]), torch.arange(len(ids))[None], alone, slots=[s], last_only=True, prefill=True)
+        model(torch.tensor([ids]), torch.arange(len(ids))[None], alone, slots=[s], last_only=True)
     width = max(map(len, prompts))
     tokens = torch.tensor([ids + [0] * (width - len(ids)) for ids in prompts])
     model(tokens, torch.arange(width).expand(3, width), batch, slots=[0, 1, 2],
-          last_only=True, prefill=True, valid=[len(p) for p in prompts])
+          last_only=True, valid=[len(p) for p in prompts])
     for s, ids in enumerate(prompts):
         n = len(ids)
         assert batch.length(s) == alone.length(s) == n

@@ -8,6 +8,9 @@ below 1e-4 in a fresh forward) instead of loosening the comparison.
 
 Proposers run at a fixed tree size (`NAME@N`): the adaptive controller may decide that speculation
 does not pay on this machine and decode plainly, which would test nothing.
+
+The default fast CPU mode is checked too, and there the outputs must be identical outright: its
+kernels give every row of a forward the arithmetic of a one-token step.
 """
 from __future__ import annotations
 
@@ -142,3 +145,30 @@ def test_greedy_draft_model_matches_plain(llm_f32, llm_fast, prompts, references
     outputs, accepted, steps = decode_all(llm_f32, prompts, strategy)
     assert assert_same_or_tied(llm_f32, prompts, references, outputs) >= 0.8 * NEW_TOKENS * len(prompts)
     assert accepted / steps >= 0.5
+
+
+# ----------------------------------------------------------------------------- the fast CPU mode
+
+@pytest.fixture(scope="module")
+def fast_references(llm_fast, prompts) -> list[list[int]]:
+    if not llm_fast.model.decode_kernel:
+        pytest.skip("needs hastelm's CPU kernels (the bit-exact per-row arithmetic)")
+    return decode_all(llm_fast, prompts[FAST], PlainDecoding())[0]
+
+
+FAST = slice(2, 6)      # two code and two chat prompts: the float32 tests above cover all ten
+
+
+@pytest.mark.parametrize("name", ["pld@8", "recycling@8", "lookahead@8", "layerskip@2", "auto"])
+def test_fast_mode_speculation_is_bit_exact(llm_fast, prompts, fast_references, name):
+    """In the default fast CPU mode every row of a forward (a decode step, a prompt-chunk token, a
+    draft-tree node) runs the same arithmetic: batch-independent matmul kernels and one-token
+    attention over exactly the row's visible keys. Speculation then reproduces plain decoding
+    token for token, with no tie allowance, here as in float32."""
+    strategy = llm_fast.strategy(name)
+    outputs, accepted, steps = decode_all(llm_fast, prompts[FAST], strategy)
+    assert outputs == fast_references
+    if name != "auto":      # fixed tree sizes: drafts were verified and accepted
+        assert accepted / steps >= 0.2, f"{name}: {accepted / steps:.2f} accepted per step"
+    single = llm_fast.generate([prompts[FAST][0]], PARAMS, speculative=name)[0].token_ids
+    assert list(single) == fast_references[0]

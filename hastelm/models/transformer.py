@@ -15,13 +15,8 @@ from torch import nn
 
 from ..kv.cache import KVCache
 from ..quant.kernels import decode_attention, native, rms_norm
-from ..quant.linear import dense_matmuls
 from .config import ModelConfig
 from .rope import apply_rope, rope_table
-
-
-# prefill chunks of at least this many tokens (per row) run their packed matmuls dense
-PREFILL_DENSE_FROM = 32
 
 
 def residual_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -68,7 +63,8 @@ class Transformer(nn.Module):
         self.n_q, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         self.embed_scale = c.hidden_size ** 0.5 if c.is_gemma else None
         self.act = (lambda x: F.gelu(x, approximate="tanh")) if c.hidden_activation.startswith("gelu") else F.silu
-        # bf16 CPU decode: hastelm's one-token attention kernel, batch-independent per row
+        # bf16 CPU: every query row (decode, prefill, draft verification) through hastelm's one-token
+        # attention kernel, so all three compute a token's row with the same arithmetic
         self.decode_kernel = (dtype == torch.bfloat16 and self.device.type == "cpu" and self.head_dim % 16 == 0
                               and self.head_dim <= 256 and native() is not None)
         # fast CPU mode: norms in one native call (torch runs six ops per norm here)
@@ -123,14 +119,12 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                 slots: Sequence[int] | None = None, tree_mask: torch.Tensor | None = None,
                 layers: Sequence[int] | None = None, last_only: bool = False,
-                return_hidden: bool = False, prefill: bool = False,
-                valid: Sequence[int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                return_hidden: bool = False, valid: Sequence[int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Run `tokens` `[B, T]` at RoPE `positions` `[B, T]`, appending their K/V to `cache`.
 
         New entries go after each slot's cached prefix, which they all see. Among themselves they
         attend causally, or by `tree_mask` `[T, T]` / `[B, T, T]` (True = may attend) for a draft
-        tree. `layers` runs only those layers (self-speculative drafting). `prefill` marks a prompt
-        chunk (dense matmuls from PREFILL_DENSE_FROM tokens); `valid` gives a padded prefill batch's
+        tree. `layers` runs only those layers (self-speculative drafting). `valid` gives a padded prefill batch's
         real tokens per row: each row then attends exactly as it would alone, and its padding
         leaves the cache. Returns float32 logits `[B, T, V]` (`[B, 1, V]` with `last_only`), plus
         the final hidden states if asked.
@@ -150,10 +144,9 @@ class Transformer(nn.Module):
         x = self.embed(tokens)
         run = range(len(self.layers)) if layers is None else layers
         rows = None if valid is None else list(zip(starts, valid))
-        with dense_matmuls(prefill and T >= PREFILL_DENSE_FROM):
-            for i in run:
-                sliding = self.config.layer_is_sliding(i)
-                x = self._layer(i, x, cache, slots, write, L, masks[sliding], rot_l if sliding else rot_g, rows)
+        for i in run:
+            sliding = self.config.layer_is_sliding(i)
+            x = self._layer(i, x, cache, slots, starts, write, L, masks[sliding], rot_l if sliding else rot_g, rows)
         for s in slots:
             cache.commit(s, T)
         if valid is not None:
@@ -218,14 +211,20 @@ class Transformer(nn.Module):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2).to(q.dtype),
             attn_mask=mask, scale=self.config.attn_scale, enable_gqa=self.n_kv != self.n_q)
 
-    def _decode_attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int],
-                          lengths: list[int], mask: torch.Tensor | None) -> torch.Tensor:
-        """One query token per row `[B, 1, H, D]` over each slot's cached prefix -> `[B, H, 1, D]`."""
+    def _kernel_attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int],
+                          starts: list[int], mask: torch.Tensor | None) -> torch.Tensor:
+        """Every query row `[B, T, H, D]` through the one-token kernel, row (b, t) over slot b's first
+        starts[b] + t + 1 cached keys where `mask` `[B, 1, T, L]` allows -> `[B, H, T, D]`. A prompt
+        chunk's or a draft tree's rows thus get exactly the arithmetic of one-token decode steps."""
+        B, T, H, D = q.shape
         scale = self.config.attn_scale or self.head_dim ** -0.5
-        visible = None if mask is None else mask[:, 0, 0]
-        return decode_attention(q[:, 0], keys, values, slots, lengths, visible, scale).unsqueeze(2)
+        lengths = [st + t + 1 for st in starts for t in range(T)]
+        row_slots = [s for s in slots for _ in range(T)]
+        visible = None if mask is None else mask[:, 0].reshape(B * T, -1)
+        out = decode_attention(q.reshape(B * T, H, D), keys, values, row_slots, lengths, visible, scale)
+        return out.view(B, T, H, D).transpose(1, 2)
 
-    def _layer(self, i: int, x: torch.Tensor, cache: KVCache, slots: list[int], write: tuple,
+    def _layer(self, i: int, x: torch.Tensor, cache: KVCache, slots: list[int], starts: list[int], write: tuple,
                L: int, mask: torch.Tensor | None, rot: torch.Tensor,
                rows: list[tuple[int, int]] | None = None) -> torch.Tensor:
         layer = self.layers[i]
@@ -244,34 +243,28 @@ class Transformer(nn.Module):
             s, st = write
             keys[s, st:st + T] = k[0]
             values[s, st:st + T] = v[0]
-            if T == 1 and self.decode_kernel:
-                att = self._decode_attention(q, keys, values, [s], [st + 1], mask)
-            else:
-                att = self._attend(q, keys[s:s + 1, :L], values[s:s + 1, :L], mask)
-        elif T == 1:
-            keys[write] = k
-            values[write] = v
-            # a decode batch: each row attends over its own prefix only, exactly as it would alone
-            # (padding rows to the longest one changes the kernel's summation order)
-            if self.decode_kernel:
-                lengths = [cache.lengths[s] + 1 for s in slots]
-                att = self._decode_attention(q, keys, values, slots, lengths, mask)
-            else:
-                att = torch.cat([self._attend(q[r:r + 1], keys[s:s + 1, :n], values[s:s + 1, :n],
-                                              None if mask is None else mask[r:r + 1, ..., :n])
-                                 for r, (s, n) in enumerate((s, cache.lengths[s] + 1) for s in slots)])
         else:
             keys[write] = k
             values[write] = v
-            if rows is None:
-                sl = torch.tensor(slots, device=self.device)
-                att = self._attend(q, keys[sl, :L], values[sl, :L], mask)
-            else:   # a padded prefill batch: each row over its own prefix and tokens, as alone
-                att = q.new_zeros(B, nq, T, hd)
-                for r, (s, (start, n)) in enumerate(zip(slots, rows)):
-                    end = start + n
-                    att[r:r + 1, :, :n] = self._attend(q[r:r + 1, :n], keys[s:s + 1, :end], values[s:s + 1, :end],
-                                                       None if mask is None else mask[r:r + 1, ..., :n, :end])
+        if self.decode_kernel:
+            att = self._kernel_attention(q, keys, values, slots, starts, mask)
+        elif isinstance(write[0], int):
+            att = self._attend(q, keys[s:s + 1, :L], values[s:s + 1, :L], mask)
+        elif T == 1:
+            # a decode batch: each row attends over its own prefix only, exactly as it would alone
+            # (padding rows to the longest one changes the kernel's summation order)
+            att = torch.cat([self._attend(q[r:r + 1], keys[s:s + 1, :n], values[s:s + 1, :n],
+                                          None if mask is None else mask[r:r + 1, ..., :n])
+                             for r, (s, n) in enumerate((s, cache.lengths[s] + 1) for s in slots)])
+        elif rows is None:
+            sl = torch.tensor(slots, device=self.device)
+            att = self._attend(q, keys[sl, :L], values[sl, :L], mask)
+        else:   # a padded prefill batch: each row over its own prefix and tokens, as alone
+            att = q.new_zeros(B, nq, T, hd)
+            for r, (s, (start, n)) in enumerate(zip(slots, rows)):
+                end = start + n
+                att[r:r + 1, :, :n] = self._attend(q[r:r + 1, :n], keys[s:s + 1, :end], values[s:s + 1, :end],
+                                                   None if mask is None else mask[r:r + 1, ..., :n, :end])
         att = layer.o(att.transpose(1, 2).reshape(B, T, nq * hd)).to(self.residual_dtype)
         if layer.post_attn_norm is not None:
             att = self.norm(att, layer.post_attn_norm)

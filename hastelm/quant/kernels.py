@@ -140,17 +140,6 @@ def int8_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> tor
     return y.reshape(*lead, y.shape[-1])
 
 
-def int4_unpack(packed: torch.Tensor, in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The dense bf16 weight `[N, K]` of a `pack_int4` weight (each value rounded once), written
-    into `out` when given (a reused buffer costs no page faults)."""
-    mod = _load()
-    if mod is None:
-        raise RuntimeError("the int4 kernel is not available on this machine")
-    if out is None:
-        out = torch.empty(packed.shape[0] * BLOCK_COLS, in_features, dtype=torch.bfloat16)
-    return mod.int4_unpack(packed, in_features, out)
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """`F.rms_norm(x, (D,), weight, eps)` for float32 rows in one native call (csrc/rms_norm.h)."""
     mod = _load()

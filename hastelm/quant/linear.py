@@ -1,60 +1,21 @@
 """Linear layers over the weight representations hastelm keeps: dense, packed int4, int8 rows.
 
 GGUF Q4_0/Q4_1/Q4_K blocks are exactly `w = q * scale + offset` on groups of 32, so those weights
-stay packed with no requantization. They run through hastelm's own AVX512-BF16 kernel
-(quant/kernels.py) where it is available: bf16 products with fp32 accumulation, every output row
-bit-identical whatever the batch size. Elsewhere torch's CPU int4 op runs them. Prefill chunks
-(`dense_matmuls`) unpack the weight to bf16 on the fly and run one dense GEMM instead.
+stay packed with no requantization. They run through hastelm's own AVX512-VNNI kernel
+(quant/kernels.py) where it is available, for decode steps, draft verification and prefill alike:
+activations quantized per row to int8, exact integer dot products, every output row bit-identical
+whatever the batch size. Elsewhere torch's CPU int4 op runs them.
 """
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .ggml_blocks import int4_matmul, pack_int4_for_cpu
-from .kernels import BLOCK_COLS, int4_gemm, int4_unpack, int8_gemm, native, pack_int4, pack_int8, unpack_int8_rows
-
-
-class _Policy(threading.local):
-    dense = False
-
-
-_policy = _Policy()
-
-
-@contextmanager
-def dense_matmuls(enabled: bool = True) -> Iterator[None]:
-    """Within this block (on this thread), packed int4 layers unpack their weight and run one dense
-    bf16 GEMM: prefill chunks, where that is 2x the int4 tiles (2-core AVX-512 CPU, 3072x576
-    weight at 256 rows: tiles 5.1 ms, unpack 0.5 + GEMM 2.6 ms). Outside, decode and verification
-    rows keep the kernel's batch-size-independent numerics. The dense GEMM's rows do not depend on
-    the number of rows either, so a prompt prefilled alone or in a batch gets the same cache."""
-    before = _policy.dense
-    _policy.dense = enabled
-    try:
-        yield
-    finally:
-        _policy.dense = before
-
-
-class _Scratch(threading.local):
-    """One reused buffer per thread for unpacked weights: a fresh multi-MB tensor per matmul
-    would fault in new pages every time (as long as the unpack itself)."""
-    buffer: torch.Tensor | None = None
-
-    def take(self, rows: int, cols: int) -> torch.Tensor:
-        n = rows * cols
-        if self.buffer is None or self.buffer.numel() < n:
-            self.buffer = torch.empty(n, dtype=torch.bfloat16)
-        return self.buffer[:n].view(rows, cols)
-
-
-_scratch = _Scratch()
+from .kernels import BLOCK_COLS, int4_gemm, int8_gemm, native, pack_int4, pack_int8, unpack_int8_rows
 
 
 class DenseLinear(nn.Module):
@@ -72,7 +33,7 @@ class DenseLinear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    """Groupwise-int4 weight `[out, in]` (groups of 32 along `in`), bf16 activations."""
+    """Groupwise-int4 weight `[out, in]` (groups of 32 along `in`)."""
 
     group_size = 32
 
@@ -80,7 +41,7 @@ class Int4Linear(nn.Module):
                  bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
         self.out_features, self.in_features = q.shape
-        # hastelm's kernel multiplies in bf16; other activation dtypes keep torch's op
+        # hastelm's kernel serves the bf16 mode; other activation dtypes keep torch's op
         self.native = dtype == torch.bfloat16 and native() is not None
         if self.native:
             self.register_buffer("packed", pack_int4(q, scale, offset), persistent=False)
@@ -90,32 +51,11 @@ class Int4Linear(nn.Module):
             self.register_buffer("scales_and_zeros", sz, persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
         self.dtype = dtype
-        self.can_unpack = not self.native and self.out_features % 64 == 0
-
-    def unpack(self, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The dense weight `[out, in]` in the activation dtype (the native path writes it into
-        `out` when given).
-
-        torch's CPU packing stores, per block of 64 output rows and per input column, 32 bytes whose
-        low nibbles are rows 0-31 and high nibbles rows 32-63 of the block.
-        """
-        n, k = self.out_features, self.in_features
-        if self.native:
-            return int4_unpack(self.packed, k, out)
-        blocks = self.packed.view(n // 64, k, 32)
-        q = torch.cat([blocks & 15, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k // 32, 32)
-        sz = self.scales_and_zeros.transpose(0, 1)          # [out, groups, 2]
-        w = (q.to(self.dtype) - 8) * sz[..., :1] + sz[..., 1:]
-        return w.view(n, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dense = _policy.dense and (self.native or self.can_unpack)
-        if self.native and not dense:
-            # float32 inputs are rounded to bf16 inside the kernel, which then returns float32
-            out = int4_gemm(x if x.dtype == torch.float32 else x.to(self.dtype), self.packed)
-        elif dense:
-            weight = self.unpack(_scratch.take(self.out_features, self.in_features) if self.native else None)
-            out = F.linear(x.to(self.dtype), weight)
+        if self.native:
+            # float32 and bf16 inputs go to the kernel as they are; it returns their dtype
+            out = int4_gemm(x if x.dtype in (torch.float32, self.dtype) else x.to(self.dtype), self.packed)
         else:
             out = int4_matmul(x.to(self.dtype), self.packed, self.scales_and_zeros, self.group_size)
         return out if self.bias is None else out + self.bias

@@ -37,6 +37,16 @@ class Plan:
 
 
 @dataclass
+class Request:
+    """One sequence to plan a step for."""
+    seq: Sequence
+    budget: Budget
+    costs: CostModel | None
+    shadows: Shadows
+    root: int          # the pending token's RoPE position (the tree's root)
+
+
+@dataclass
 class _CostlyState:
     draft_s: float = 0.0          # seconds per drafted token (0 until measured)
     plain_steps: int = 0          # plain steps since this proposer last drafted
@@ -65,65 +75,85 @@ class Controller:
     # ---- planning ----------------------------------------------------------------------
     def plan(self, proposers: list[Proposer], seq: Sequence, budget: Budget, costs: CostModel | None,
              shadows: Shadows, root: int) -> Plan:
-        best = Plan(None, DraftTree([], []))
-        best_value = 0.0 if costs is None else (1 + MARGIN) / costs.forward(1)
+        """The plan for one request (see `plan_batch`)."""
+        return self.plan_batch(proposers, [Request(seq, budget, costs, shadows, root)])[0]
+
+    def plan_batch(self, proposers: list[Proposer], requests: list[Request]) -> list[Plan]:
+        """One plan per request. Proposers that run a model draft for all requests at once."""
+        best = [Plan(None, DraftTree([], [])) for _ in requests]
+        best_value = [0.0 if r.costs is None else (1 + MARGIN) / r.costs.forward(1) for r in requests]
         for p in proposers:
             if p.free:
-                tree, m, value = self._plan_free(p, seq, budget, costs, shadows, root)
+                results = [self._plan_free(p, r) for r in requests]
             else:
-                tree, m, value = self._plan_costly(p, seq, budget, costs, shadows, root)
-            if tree is not None and len(tree):
-                best.proposed.append((p, tree))
-            if tree is not None and m > 0 and value > best_value:
-                best = Plan(p, tree.prefix(m), best.proposed)
-                best_value = value
+                results = self._plan_costly(p, requests)
+            for i, (tree, m, value) in enumerate(results):
+                if tree is not None and len(tree):
+                    best[i].proposed.append((p, tree))
+                if tree is not None and m > 0 and value > best_value[i]:
+                    best[i] = Plan(p, tree.prefix(m), best[i].proposed)
+                    best_value[i] = value
         return best
 
-    def _plan_free(self, p: Proposer, seq: Sequence, budget: Budget, costs: CostModel | None,
-                   shadows: Shadows, root: int) -> tuple[DraftTree | None, int, float]:
-        tree = p.propose(seq, budget)
+    def _plan_free(self, p: Proposer, r: Request) -> tuple[DraftTree | None, int, float]:
+        tree = p.propose(r.seq, r.budget)
         if tree is None or not len(tree):
             return None, 0, 0.0
         stats = self.stats_for(p, tree.kind)
-        shadows.add(stats, tree, root)
+        r.shadows.add(stats, tree, r.root)
         if self.fixed is not None:
             return tree, min(self.fixed, len(tree)), 1.0
-        if costs is None or not stats.observed:
+        if r.costs is None or not stats.observed:
             return tree, 0, 0.0
-        m, value = self._best_size(stats, costs, len(tree), 0.0)
+        m, value = self._best_size(stats, r.costs, len(tree), 0.0)
         return tree, m, value
 
-    def _plan_costly(self, p: Proposer, seq: Sequence, budget: Budget, costs: CostModel | None,
-                     shadows: Shadows, root: int) -> tuple[DraftTree | None, int, float]:
+    def _chain_length(self, st: _CostlyState, stats: PrefixStats | ChainStats, r: Request) -> tuple[int, float]:
+        """How many tokens a costly proposer should draft for this request (0: none) and the value."""
+        limit = min(r.budget.nodes, r.budget.depth)
+        if limit <= 0:
+            return 0, 0.0
+        if self.fixed is not None:
+            return min(self.fixed, limit), 1.0
+        if r.costs is None:
+            return 0, 0.0
+        k, value = self._best_size(stats, r.costs, limit, st.draft_s)
+        if k == 0 or value * r.costs.forward(1) < 1 + MARGIN:
+            st.plain_steps += 1
+            if st.plain_steps < st.probe_every:
+                return 0, 0.0
+            # probe: draft anyway so the statistics can recover; back off longer each time
+            st.probe_every = min(2 * st.probe_every, PROBE_MAX)
+            k = max(k, 1)
+        else:
+            st.probe_every = PROBE_START
+        st.plain_steps = 0
+        return k, value
+
+    def _plan_costly(self, p: Proposer, requests: list[Request]) -> list[tuple[DraftTree | None, int, float]]:
         st = self.costly.setdefault(p.name, _CostlyState())
         stats = self.stats_for(p, "")
-        limit = min(budget.nodes, budget.depth)
-        if limit <= 0:
-            return None, 0, 0.0
-        if self.fixed is not None:
-            k, value = min(self.fixed, limit), 1.0
-        elif costs is None:
-            return None, 0, 0.0
-        else:
-            k, value = self._best_size(stats, costs, limit, st.draft_s)
-            if k == 0 or value * costs.forward(1) < 1 + MARGIN:
-                st.plain_steps += 1
-                if st.plain_steps < st.probe_every:
-                    return None, 0, 0.0
-                # probe: draft anyway so the statistics can recover; back off longer each time
-                st.probe_every = min(2 * st.probe_every, PROBE_MAX)
-                k = max(k, 1)
-            else:
-                st.probe_every = PROBE_START
-        st.plain_steps = 0
+        choices = [self._chain_length(st, stats, r) for r in requests]
+        asked = [(i, Budget(k, min(k, r.budget.depth), r.budget.cache))
+                 for i, (r, (k, _)) in enumerate(zip(requests, choices)) if k > 0]
+        results: list[tuple[DraftTree | None, int, float]] = [(None, 0, 0.0)] * len(requests)
+        if not asked:
+            return results
         t0 = time.perf_counter()
-        tree = p.propose(seq, Budget(k, min(k, budget.depth), budget.cache))
-        if tree is None or not len(tree):
-            return None, 0, 0.0
-        per_token = (time.perf_counter() - t0) / len(tree)
-        st.draft_s = per_token if st.draft_s == 0 else st.draft_s + RATE * (per_token - st.draft_s)
-        shadows.add(stats, tree, root)
-        return tree, len(tree), value
+        batch = getattr(p, "propose_batch", None)
+        if batch is not None:
+            trees = batch([(requests[i].seq, b) for i, b in asked])
+        else:
+            trees = [p.propose(requests[i].seq, b) for i, b in asked]
+        drafted = sum(len(t) for t in trees if t is not None)
+        if drafted:   # a batch's drafting time, shared by its tokens
+            per_token = (time.perf_counter() - t0) / drafted
+            st.draft_s = per_token if st.draft_s == 0 else st.draft_s + RATE * (per_token - st.draft_s)
+        for (i, _), tree in zip(asked, trees):
+            if tree is not None and len(tree):
+                requests[i].shadows.add(stats, tree, requests[i].root)
+                results[i] = (tree, len(tree), choices[i][1])
+        return results
 
     def _best_size(self, stats: PrefixStats | ChainStats, costs: CostModel, limit: int,
                    draft_s: float) -> tuple[int, float]:

@@ -15,7 +15,7 @@ from ...kv.cache import KVCache
 from ...models.transformer import Transformer
 from ..plain import StepOutcome
 from ..sequence import Sequence
-from .controller import Controller
+from .controller import Controller, Request
 from .cost import CostModel, cost_model
 from .proposers.base import Budget, Feedback, Proposer
 from .shadow import Shadows
@@ -45,7 +45,7 @@ class SpeculativeDecoding:
     def step_batch(self, model: Transformer, cache: KVCache, seqs: list[Sequence]) -> list[StepOutcome]:
         """Propose for every request, verify all their trees in one forward (continuous batching),
         then accept, compact and feed back per request."""
-        plans = [self._plan(model, cache, s) for s in seqs]
+        plans = self._plan(model, cache, seqs)
         t0 = time.perf_counter()
         logits = self._verify(model, cache, seqs, plans)
         acceptances = [self._accept(s, p.tree, lg) for s, p, lg in zip(seqs, plans, logits)]
@@ -77,18 +77,22 @@ class SpeculativeDecoding:
     def _shadows(self, seq: Sequence) -> Shadows:
         return seq.strategy_state.setdefault(self._key, Shadows())
 
-    def _plan(self, model: Transformer, cache: KVCache, seq: Sequence) -> _Planned:
-        shadows = self._shadows(seq)
-        shadows.resolve(seq.ids)
-        base = cache.length(seq.slot)          # where the pending token's entry goes
-        root = len(seq.ids) - 1                # and its RoPE position
-        budget = Budget(nodes=min(self.controller.max_nodes, cache.capacity - base - 1),
-                        depth=seq.stopper.limit - seq.stopper.count - 1, cache=cache)
-        costs = None
-        if self.controller.fixed is None:
-            costs = cost_model(model, cache, seq.slot, self.controller.max_nodes + 1)
-        plan = self.controller.plan(self.proposers, seq, budget, costs, shadows, root)
-        return _Planned(plan.tree.limit_depth(max(budget.depth, 0)), base, root, costs)
+    def _plan(self, model: Transformer, cache: KVCache, seqs: list[Sequence]) -> list[_Planned]:
+        requests, bases = [], []
+        for seq in seqs:
+            shadows = self._shadows(seq)
+            shadows.resolve(seq.ids)
+            base = cache.length(seq.slot)          # where the pending token's entry goes
+            bases.append(base)
+            budget = Budget(nodes=min(self.controller.max_nodes, cache.capacity - base - 1),
+                            depth=seq.stopper.limit - seq.stopper.count - 1, cache=cache)
+            costs = None
+            if self.controller.fixed is None:
+                costs = cost_model(model, cache, seq.slot, self.controller.max_nodes + 1)
+            requests.append(Request(seq, budget, costs, shadows, len(seq.ids) - 1))   # root: its RoPE position
+        plans = self.controller.plan_batch(self.proposers, requests)
+        return [_Planned(plan.tree.limit_depth(max(r.budget.depth, 0)), base, r.root, r.costs)
+                for r, plan, base in zip(requests, plans, bases)]
 
     @staticmethod
     def _verify(model: Transformer, cache: KVCache, seqs: list[Sequence],

@@ -90,28 +90,6 @@ at::Tensor int8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   return y;
 }
 
-// The whole of W as bfloat16 [N, K], written into `out` (a reused buffer: no fresh pages to fault
-// in): prefill-sized inputs run faster as unpack + one dense GEMM than through the W4A8 tiles.
-at::Tensor int4_unpack(const at::Tensor& w, int64_t K, at::Tensor out) {
-  TORCH_CHECK(cpu_supported(), "int4_unpack needs a CPU with AVX512-BF16");
-  const bool half = check_packed(w, K);
-  const int64_t G = w.size(1), ldw = G * w.size(2), blocks = w.size(0);
-  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kBFloat16 && out.is_contiguous() &&
-              out.dim() == 2 && out.size(0) == blocks * kBlockCols && out.size(1) == K,
-              "out must be a contiguous bfloat16 [N, K] CPU tensor");
-#ifdef HASTELM_X86
-  const auto* wp = w.data_ptr<uint8_t>();
-  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
-  at::parallel_for(0, blocks, 4, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      if (half) unpack_block<uint16_t>(wp + b * ldw, G, K, op + b * kBlockCols * K);
-      else unpack_block<float>(wp + b * ldw, G, K, op + b * kBlockCols * K);
-    }
-  });
-#endif
-  return out;
-}
-
 // q [B, Hq, D] bf16; keys/values: a layer of the KV cache, [S, C, Hkv, D] bf16; row b attends
 // over positions [0, lengths[b]) of slot slots[b] where `visible` [B, >= max length] (bool) is
 // true, or over all of them when `visible` is empty. Returns [B, Hq, D] bf16.
@@ -149,12 +127,13 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   const int64_t ld = Hkv * D, group = Hq / Hkv;
   at::parallel_for(0, B * Hq, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> scores(longest), result(D);
+    std::vector<int32_t> index(longest);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / Hq, h = t % Hq;
       const int64_t base = (slot[b] * C) * ld + (h / group) * D;
       hastelm_attention::attend_one(qp + t * D, kp + base, vp + base, ld, len[b],
                                     vis == nullptr ? nullptr : vis + b * visible.size(1),
-                                    static_cast<int>(D), static_cast<float>(scale), scores.data(), result.data());
+                                    static_cast<int>(D), static_cast<float>(scale), scores.data(), index.data(), result.data());
       store_bf16(result.data(), op + t * D, D);
     }
   });
@@ -189,5 +168,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "one-token attention over each row's cached keys");
   m.def("int8_gemm", &int8_gemm, "y = x @ W.T * scale for a per-row int8 W packed by pack_int8");
   m.def("rms_norm", &rms_norm, "RMS norm of float32 rows times a weight");
-  m.def("int4_unpack", &int4_unpack, "the dense bfloat16 [N, K] weight of a pack_int4 weight");
 }

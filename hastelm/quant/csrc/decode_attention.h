@@ -65,9 +65,9 @@ inline __m512 sum16(__m512* a) {
 }
 
 // q [D]; key/value position i at k + i * ld, v + i * ld; `visible` (n flags) or null = all.
-// `scores` is scratch for n floats; `out` receives D fp32 values. D is a multiple of 16.
+// `scores` and `index` are scratch for n values; `out` receives D fp32 values. D is a multiple of 16.
 inline void attend_one(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n,
-                       const bool* visible, int D, float scale, float* scores, float* out) {
+                       const bool* visible, int D, float scale, float* scores, int32_t* index, float* out) {
   const int C = D / 16;
   __m512 qv[kMaxHeadDim / 16];
   for (int c = 0; c < C; ++c) qv[c] = load_bf16(q + 16 * c);
@@ -95,26 +95,37 @@ inline void attend_one(const uint16_t* q, const uint16_t* k, const uint16_t* v, 
     _mm512_mask_storeu_ps(scores + i, lanes, s);
   }
   const float best = _mm512_reduce_max_ps(top);
-  // probabilities 16 at a time; hidden keys (-inf) give exactly 0
-  __m512 sum = _mm512_setzero_ps();
-  const __m512 peak = _mm512_set1_ps(best);
+  // The visible keys, compacted in cache order: the softmax sums and the value accumulation then
+  // depend only on which keys are visible, not on where hidden ones sit between them, so a draft
+  // tree's node gets exactly the arithmetic of a decode step over its contiguous accepted path.
+  int64_t m = 0;
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 lanes = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
     const __m512 s = _mm512_maskz_loadu_ps(lanes, scores + i);
     const __mmask16 live = lanes & _mm512_cmp_ps_mask(s, hidden, _CMP_NEQ_OQ);
-    const __m512 p = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(s, peak)));
-    _mm512_mask_storeu_ps(scores + i, lanes, p);
+    _mm512_mask_compressstoreu_ps(scores + m, live, s);     // m <= i: never overwrites unread scores
+    _mm512_mask_compressstoreu_epi32(index + m, live, _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int>(i))));
+    m += __builtin_popcount(live);
+  }
+  // probabilities 16 at a time
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 peak = _mm512_set1_ps(best);
+  for (int64_t r = 0; r < m; r += 16) {
+    const __mmask16 lanes = m - r >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (m - r)) - 1);
+    const __m512 p = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, scores + r), peak)));
+    _mm512_mask_storeu_ps(scores + r, lanes, p);
     sum = _mm512_add_ps(sum, p);
   }
   const float total = _mm512_reduce_add_ps(sum);
-  // two interleaved accumulator sets (even and odd keys) halve the FMA dependency chains
+  // two interleaved accumulator sets (even and odd visible keys) halve the FMA dependency chains
   __m512 o[kMaxHeadDim / 16], o2[kMaxHeadDim / 16];
   for (int c = 0; c < C; ++c) o[c] = o2[c] = _mm512_setzero_ps();
-  for (int64_t i = 0; i < n; ++i) {
-    if (scores[i] == 0.0f) continue;
-    const __m512 p = _mm512_set1_ps(scores[i]);
-    const uint16_t* vi = v + i * ld;
-    __m512* acc = (i & 1) ? o2 : o;
+  for (int64_t r = 0; r < m; ++r) {
+    if (scores[r] == 0.0f) continue;    // adds exactly nothing
+    const __m512 p = _mm512_set1_ps(scores[r]);
+    const uint16_t* vi = v + static_cast<int64_t>(index[r]) * ld;
+    __m512* acc = (r & 1) ? o2 : o;
     for (int c = 0; c < C; ++c) acc[c] = _mm512_fmadd_ps(p, load_bf16(vi + 16 * c), acc[c]);
   }
   for (int c = 0; c < C; ++c) o[c] = _mm512_add_ps(o[c], o2[c]);

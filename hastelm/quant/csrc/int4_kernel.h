@@ -195,37 +195,6 @@ void gemm_cols(const QuantRows& x, int64_t M, const uint8_t* w, int64_t b0, int6
   }
 }
 
-// The dense bf16 rows [16, K] of one packed block: each value is q * scale + offset in fp32, as a
-// product and then a sum (torch's order), rounded once to bf16. Byte i of lane c of a masked
-// chunk is column c's k = 8t + 4h + i; pairs (i, i + 1) go out as one 32-bit scatter to 16 rows.
-template <class S>
-void unpack_block(const uint8_t* w, int64_t G, int64_t K, uint16_t* out) {
-  const __m512i row_offsets = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(static_cast<int>(K / 2)));           // in 32-bit units
-  const __m512i nibbles = _mm512_set1_epi8(0x0F), byte = _mm512_set1_epi32(0xFF);
-  for (int64_t g = 0; g < G; ++g) {
-    const uint8_t* wg = w + g * group_bytes<S>;
-    const S* sc = reinterpret_cast<const S*>(wg + kNibbleBytes);
-    const __m512 scale = load_scales(sc), offset = load_scales(sc + kBlockCols);
-    for (int t = 0; t < 4; ++t) {
-      const __m512i raw = _mm512_loadu_si512(wg + t * 64);
-      for (int h = 0; h < 2; ++h) {
-        const __m512i q = _mm512_and_si512(h ? _mm512_srli_epi16(raw, 4) : raw, nibbles);
-        for (int i = 0; i < 4; i += 2) {
-          const __m512 q0 = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(q, 8 * i), byte));
-          const __m512 q1 = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(q, 8 * i + 8), byte));
-          const __m256i b0 = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(_mm512_mul_ps(q0, scale), offset));
-          const __m256i b1 = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(_mm512_mul_ps(q1, scale), offset));
-          const __m512i pairs = _mm512_or_si512(_mm512_cvtepu16_epi32(b0),
-                                                _mm512_slli_epi32(_mm512_cvtepu16_epi32(b1), 16));
-          _mm512_i32scatter_epi32(out + g * kGroup + 8 * t + 4 * h + i, row_offsets, pairs, 4);
-        }
-      }
-    }
-  }
-}
-
 #pragma GCC pop_options
 #endif  // HASTELM_X86
 

@@ -21,20 +21,36 @@ def draft_chain(seq: Sequence, length: int, logits: torch.Tensor,
                 advance: Callable[[int, int], torch.Tensor]) -> DraftTree:
     """`logits`: the draft's prediction after the pending token; `advance(token, i)` runs draft token
     i through the draft model and returns its prediction for the next one."""
-    params, sampler = seq.params, seq.sampler
-    tokens: list[int] = []
-    qs: list[torch.Tensor] = []
-    for i in range(length):
-        if params.greedy:
-            tok = int((sampler.process(logits, seq.ids + tokens) if params.has_penalties else logits).argmax())
-        else:
-            q = sampler.probs(logits, seq.ids + tokens)
-            tok = int(torch.multinomial(q, 1, generator=_rng(seq)))
-            qs.append(q)
-        tokens.append(tok)
-        if i + 1 < length:
-            logits = advance(tok, i)
-    return DraftTree.chain(tokens, torch.stack(qs) if qs else None)
+    return draft_chains([seq], [length], logits[None],
+                        lambda rows, tokens, i: advance(tokens[0], i)[None])[0]
+
+
+def draft_chains(seqs: list[Sequence], lengths: list[int], logits: torch.Tensor,
+                 advance: Callable[[list[int], list[int], int], torch.Tensor]) -> list[DraftTree]:
+    """Chains for several requests drafted together: `logits` `[B, V]` are the draft's predictions
+    after each pending token; `advance(rows, tokens, i)` runs draft token i of the requests `rows`
+    (indices into `seqs`) through the draft model as one batch and returns their predictions
+    `[len(rows), V]`. A request leaves the batch once its chain has `lengths[r]` tokens."""
+    tokens: list[list[int]] = [[] for _ in seqs]
+    qs: list[list[torch.Tensor]] = [[] for _ in seqs]
+    rows = [r for r, n in enumerate(lengths) if n > 0]
+    current = {r: logits[r] for r in rows}
+    for i in range(max(lengths, default=0)):
+        for r in rows:
+            seq = seqs[r]
+            if seq.params.greedy:
+                lg = current[r]
+                tok = int((seq.sampler.process(lg, seq.ids + tokens[r]) if seq.params.has_penalties else lg).argmax())
+            else:
+                q = seq.sampler.probs(current[r], seq.ids + tokens[r])
+                tok = int(torch.multinomial(q, 1, generator=_rng(seq)))
+                qs[r].append(q)
+            tokens[r].append(tok)
+        rows = [r for r in rows if len(tokens[r]) < lengths[r]]
+        if not rows:
+            break
+        current = dict(zip(rows, advance(rows, [tokens[r][-1] for r in rows], i)))
+    return [DraftTree.chain(t, torch.stack(q) if q else None) for t, q in zip(tokens, qs)]
 
 
 def _rng(seq: Sequence) -> torch.Generator:

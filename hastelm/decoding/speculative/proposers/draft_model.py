@@ -13,7 +13,7 @@ from ....models.transformer import Transformer
 from ...sequence import Sequence
 from ..tree import DraftTree
 from .base import Budget, Feedback
-from .chain import draft_chain
+from .chain import draft_chains
 
 CHUNK = 512          # catch-up forwards over long prompts run in chunks, like prefill
 PROBE = "def f(x):\n    return x * 2  # Héllo, 世界!"
@@ -31,42 +31,85 @@ class DraftModel:
 
     def __init__(self, model: Transformer) -> None:
         self.model = model
-        self.caches: dict[int, KVCache] = {}
+        self.cache: KVCache | None = None          # one slot per target slot
         self.held: dict[int, list[int]] = {}       # per slot: the ids the draft cache holds
 
-    def _cache(self, slot: int, capacity: int) -> KVCache:
-        cache = self.caches.get(slot)
-        if cache is None or cache.capacity < capacity:
-            cache = self.caches[slot] = self.model.new_cache(capacity)
-            self.held[slot] = []
+    def _ensure_cache(self, slots: int, capacity: int) -> KVCache:
+        cache = self.cache
+        if cache is None or cache.capacity < capacity or cache.num_slots < slots:
+            capacity = max(capacity, cache.capacity if cache else 0)
+            slots = max(slots, cache.num_slots if cache else 0)
+            cache = self.cache = self.model.new_cache(capacity, slots=slots)
+            self.held = {}
         return cache
 
     def propose(self, seq: Sequence, budget: Budget) -> DraftTree | None:
-        if budget.nodes <= 0 or budget.depth <= 0:
-            return None
-        length = min(budget.nodes, budget.depth)
-        capacity = len(seq.ids) + length + 1
-        if budget.cache is not None:
-            capacity = max(capacity, budget.cache.capacity)
-        cache = self._cache(seq.slot, min(capacity, self.model.config.max_position_embeddings))
-        if len(seq.ids) + length > cache.capacity:
-            return None
-        held = self.held[seq.slot]
-        keep = _common_prefix(held, seq.ids[:-1])
-        cache.trim(cache.length(0) - keep)
-        logits = self._run(cache, seq.ids[keep:], keep)
-        root = len(seq.ids) - 1
-        tree = draft_chain(seq, length, logits, lambda tok, i: self._run(cache, [tok], root + 1 + i))
-        self.held[seq.slot] = seq.ids + tree.tokens[:-1]
-        return tree
+        return self.propose_batch([(seq, budget)])[0]
 
-    def _run(self, cache: KVCache, ids: list[int], start: int) -> torch.Tensor:
+    def propose_batch(self, requests: list[tuple[Sequence, Budget]]) -> list[DraftTree | None]:
+        """Each request's draft cache catches up with its ids (cut back to the common prefix), then
+        the chains are drafted together, one batched draft forward per token."""
+        out: list[DraftTree | None] = [None] * len(requests)
+        todo = [i for i, (_, b) in enumerate(requests) if b.nodes > 0 and b.depth > 0]
+        if not todo:
+            return out
+        lengths = [min(requests[i][1].nodes, requests[i][1].depth) for i in todo]
+        seqs = [requests[i][0] for i in todo]
+        limit = self.model.config.max_position_embeddings
+        need = max(len(s.ids) + n + 1 for s, n in zip(seqs, lengths))
+        target = next((requests[i][1].cache for i in todo if requests[i][1].cache is not None), None)
+        capacity = min(max(need, target.capacity if target else 0), limit)
+        cache = self._ensure_cache(max(s.slot for s in seqs) + 1, capacity)
+        keep = [(r, s) for r, (s, n) in enumerate(zip(seqs, lengths)) if len(s.ids) + n <= cache.capacity]
+        if not keep:
+            return out
+        pending = []
+        for _, seq in keep:
+            common = _common_prefix(self.held.get(seq.slot, []), seq.ids[:-1])
+            cache.trim(cache.length(seq.slot) - common, seq.slot)
+            pending.append((seq.slot, seq.ids[common:], common))
+        firsts = self._catch_up(cache, pending)
+        seqs = [s for _, s in keep]
+        lengths = [lengths[r] for r, _ in keep]
+        roots = [len(s.ids) - 1 for s in seqs]
+        dev = self.model.device
+
+        def advance(rows: list[int], tokens: list[int], i: int) -> torch.Tensor:
+            positions = [[roots[r] + 1 + i] for r in rows]
+            return self.model(torch.tensor([[t] for t in tokens], device=dev), torch.tensor(positions, device=dev),
+                              cache, slots=[seqs[r].slot for r in rows])[:, -1]
+
+        trees = draft_chains(seqs, lengths, firsts, advance)
+        for (r, seq), tree in zip(keep, trees):
+            self.held[seq.slot] = seq.ids + tree.tokens[:-1]
+            out[todo[r]] = tree
+        return out
+
+    def _catch_up(self, cache: KVCache, pending: list[tuple[int, list[int], int]]) -> torch.Tensor:
+        """Run each (slot, ids, start) into the draft cache; the draft's predictions after each one's
+        last id `[B, V]`. Short catch-ups (the tokens accepted last step) share one padded forward."""
+        dev = self.model.device
+        if len(pending) > 1 and all(len(ids) <= CHUNK for _, ids, _ in pending):
+            width = max(len(ids) for _, ids, _ in pending)
+            tokens = torch.zeros(len(pending), width, dtype=torch.long)
+            positions = torch.zeros(len(pending), width, dtype=torch.long)
+            for r, (_, ids, start) in enumerate(pending):
+                tokens[r, :len(ids)] = torch.tensor(ids)
+                positions[r] = start + torch.arange(width)
+            valid = [len(ids) for _, ids, _ in pending]
+            logits = self.model(tokens.to(dev), positions.to(dev), cache, slots=[slot for slot, _, _ in pending],
+                                valid=valid)
+            return logits[torch.arange(len(pending), device=dev), torch.tensor(valid, device=dev) - 1]
+        return torch.stack([self._run(cache, slot, ids, start) for slot, ids, start in pending])
+
+    def _run(self, cache: KVCache, slot: int, ids: list[int], start: int) -> torch.Tensor:
         dev = self.model.device
         logits = None
         for lo in range(0, len(ids), CHUNK):
             chunk = ids[lo:lo + CHUNK]
             pos = torch.arange(start + lo, start + lo + len(chunk), device=dev)[None]
-            logits = self.model(torch.tensor([chunk], device=dev), pos, cache, last_only=True, prefill=True)[0, -1]
+            logits = self.model(torch.tensor([chunk], device=dev), pos, cache, slots=[slot],
+                                last_only=True)[0, -1]
         return logits
 
     def update(self, seq: Sequence, feedback: Feedback) -> None:

@@ -19,7 +19,7 @@ from ....models.transformer import Transformer
 from ...sequence import Sequence
 from ..tree import DraftTree
 from .base import Budget, Feedback
-from .chain import draft_chain
+from .chain import draft_chains
 
 CALIBRATION_TEXT = (
     "def moving_average(values, window):\n"
@@ -98,23 +98,36 @@ class LayerSkip:
         self.layers = layers
 
     def propose(self, seq: Sequence, budget: Budget) -> DraftTree | None:
-        cache, model = budget.cache, self.model
-        if cache is None or budget.nodes <= 0 or budget.depth <= 0:
-            return None
-        length = min(budget.nodes, budget.depth)
-        base = cache.length(seq.slot)
-        root = len(seq.ids) - 1
-        dev = model.device
+        return self.propose_batch([(seq, budget)])[0]
 
-        def run(tok: int, pos: int) -> torch.Tensor:
-            return model(torch.tensor([[tok]], device=dev), torch.tensor([[pos]], device=dev), cache,
-                         slots=[seq.slot], layers=self.layers)[0, -1]
+    def propose_batch(self, requests: list[tuple[Sequence, Budget]]) -> list[DraftTree | None]:
+        """Chains for several requests of one cache, each drafting step one batched forward of the
+        kept layers (rows attend over their own slots, as alone)."""
+        out: list[DraftTree | None] = [None] * len(requests)
+        todo = [i for i, (_, b) in enumerate(requests) if b.cache is not None and b.nodes > 0 and b.depth > 0]
+        if not todo:
+            return out
+        cache, model, dev = requests[todo[0]][1].cache, self.model, self.model.device
+        seqs = [requests[i][0] for i in todo]
+        lengths = [min(requests[i][1].nodes, requests[i][1].depth) for i in todo]
+        slots = [s.slot for s in seqs]
+        bases = [cache.length(s) for s in slots]
+        roots = [len(s.ids) - 1 for s in seqs]
+
+        def run(rows: list[int], tokens: list[int], step: int) -> torch.Tensor:
+            positions = [[roots[r] + step] for r in rows]
+            return model(torch.tensor([[t] for t in tokens], device=dev), torch.tensor(positions, device=dev),
+                         cache, slots=[slots[r] for r in rows], layers=self.layers)[:, -1]
 
         try:
-            tree = draft_chain(seq, length, run(seq.pending, root), lambda tok, i: run(tok, root + 1 + i))
+            first = run(list(range(len(seqs))), [s.pending for s in seqs], 0)
+            trees = draft_chains(seqs, lengths, first, lambda rows, tokens, i: run(rows, tokens, i + 1))
         finally:
-            cache.trim(cache.length(seq.slot) - base, seq.slot)   # the verifier rewrites them fully
-        return tree
+            for slot, base in zip(slots, bases):    # the verifier rewrites them with every layer
+                cache.trim(cache.length(slot) - base, slot)
+        for i, tree in zip(todo, trees):
+            out[i] = tree
+        return out
 
     def update(self, seq: Sequence, feedback: Feedback) -> None:
         """Nothing to learn per step; acceptance is tracked by the controller."""
