@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kv.cache import KVCache
-from ..quant.kernels import decode_attention, native, rms_norm
+from ..quant.kernels import KernelRows, decode_attention, native, rms_norm, rope_qkv, silu_mul
 from .config import ModelConfig
 from .rope import apply_rope, rope_table
 
@@ -61,6 +61,7 @@ class Transformer(nn.Module):
         self.lm_head = lm_head
         c = config
         self.n_q, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.attn_scale = c.attn_scale or self.head_dim ** -0.5
         self.embed_scale = c.hidden_size ** 0.5 if c.is_gemma else None
         self.act = (lambda x: F.gelu(x, approximate="tanh")) if c.hidden_activation.startswith("gelu") else F.silu
         # bf16 CPU: every query row (decode, prefill, draft verification) through hastelm's one-token
@@ -70,6 +71,9 @@ class Transformer(nn.Module):
         # fast CPU mode: norms in one native call (torch runs six ops per norm here)
         self.norm_kernel = (dtype == torch.bfloat16 and self.residual_dtype == torch.float32
                             and self.device.type == "cpu" and c.hidden_size % 16 == 0 and native() is not None)
+        # and SwiGLU's silu(gate) * up in one call too
+        self.swiglu_kernel = (self.norm_kernel and not c.hidden_activation.startswith("gelu")
+                              and c.intermediate_size % 16 == 0)
         self._rope_global: torch.Tensor | None = None
         self._rope_local: torch.Tensor | None = None
 
@@ -144,9 +148,11 @@ class Transformer(nn.Module):
         x = self.embed(tokens)
         run = range(len(self.layers)) if layers is None else layers
         rows = None if valid is None else list(zip(starts, valid))
+        kernel_rows = self._kernel_rows(slots, starts, T, masks, rot_g, rot_l) if self.decode_kernel else None
         for i in run:
             sliding = self.config.layer_is_sliding(i)
-            x = self._layer(i, x, cache, slots, starts, write, L, masks[sliding], rot_l if sliding else rot_g, rows)
+            x = self._layer(i, x, cache, slots, write, L, masks[sliding], rot_l if sliding else rot_g, rows,
+                            None if kernel_rows is None else kernel_rows[sliding])
         for s in slots:
             cache.commit(s, T)
         if valid is not None:
@@ -211,34 +217,32 @@ class Transformer(nn.Module):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2).to(q.dtype),
             attn_mask=mask, scale=self.config.attn_scale, enable_gqa=self.n_kv != self.n_q)
 
-    def _kernel_attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int],
-                          starts: list[int], mask: torch.Tensor | None) -> torch.Tensor:
-        """Every query row `[B, T, H, D]` through the one-token kernel, row (b, t) over slot b's first
-        starts[b] + t + 1 cached keys where `mask` `[B, 1, T, L]` allows -> `[B, H, T, D]`. A prompt
-        chunk's or a draft tree's rows thus get exactly the arithmetic of one-token decode steps."""
-        B, T, H, D = q.shape
-        scale = self.config.attn_scale or self.head_dim ** -0.5
-        lengths = [st + t + 1 for st in starts for t in range(T)]
-        row_slots = [s for s in slots for _ in range(T)]
-        visible = None if mask is None else mask[:, 0].reshape(B * T, -1)
-        out = decode_attention(q.reshape(B * T, H, D), keys, values, row_slots, lengths, visible, scale)
-        return out.view(B, T, H, D).transpose(1, 2)
+    def _kernel_rows(self, slots: list[int], starts: list[int], T: int, masks: dict[bool, torch.Tensor | None],
+                     rot_g: torch.Tensor, rot_l: torch.Tensor) -> dict[bool, KernelRows]:
+        """What the kernels need for every query row of this forward, built once for all layers:
+        row (b, t) is written at index starts[b] + t of slot b, rotated for its position, and reads
+        the slot's keys up to itself where the mask allows."""
+        row_slots = torch.tensor([s for s in slots for _ in range(T)], dtype=torch.long)
+        lengths = torch.tensor([st + t + 1 for st in starts for t in range(T)], dtype=torch.long)
+        out = {}
+        for sliding, mask in masks.items():
+            visible = None if mask is None else mask[:, 0].reshape(len(slots) * T, -1).contiguous()
+            rot = torch.view_as_real(rot_l if sliding else rot_g).contiguous()
+            out[sliding] = KernelRows(row_slots, lengths, visible, rot)
+        return out
 
-    def _layer(self, i: int, x: torch.Tensor, cache: KVCache, slots: list[int], starts: list[int], write: tuple,
-               L: int, mask: torch.Tensor | None, rot: torch.Tensor,
-               rows: list[tuple[int, int]] | None = None) -> torch.Tensor:
-        layer = self.layers[i]
-        eps = self.config.rms_norm_eps
-        B, T, _ = x.shape
+    def _attention(self, qkv: torch.Tensor, layer: Layer, keys: torch.Tensor, values: torch.Tensor,
+                   cache: KVCache, slots: list[int], write: tuple, L: int, mask: torch.Tensor | None,
+                   rot: torch.Tensor, rows: list[tuple[int, int]] | None,
+                   kernel_rows: KernelRows | None) -> torch.Tensor:
+        """RoPE, the cache write and attention of `qkv` `[B, T, nq + 2 nkv, D]` -> `[B, nq, T, D]`."""
+        B, T = qkv.shape[:2]
         nq, nkv, hd = self.n_q, self.n_kv, self.head_dim
-        h = self.norm(x, layer.attn_norm)
-        qkv = layer.qkv(h).view(B, T, nq + 2 * nkv, hd)
         qk, v = qkv[:, :, :nq + nkv], qkv[:, :, nq + nkv:].to(self.dtype)
         if layer.qk_norm is not None:
-            qk = F.rms_norm(qk, (hd,), None, eps) * layer.qk_norm
+            qk = F.rms_norm(qk, (hd,), None, self.config.rms_norm_eps) * layer.qk_norm
         qk = apply_rope(qk, rot).to(self.dtype)
         q, k = qk[:, :, :nq], qk[:, :, nq:]
-        keys, values = cache.keys[i], cache.values[i]
         if isinstance(write[0], int):
             s, st = write
             keys[s, st:st + T] = k[0]
@@ -246,8 +250,11 @@ class Transformer(nn.Module):
         else:
             keys[write] = k
             values[write] = v
-        if self.decode_kernel:
-            att = self._kernel_attention(q, keys, values, slots, starts, mask)
+        if kernel_rows is not None:
+            # every query row (decode, prompt chunk, draft-tree node) through the one-token kernel:
+            # all three compute a token's row with the same arithmetic
+            att = decode_attention(q.reshape(B * T, nq, hd), keys, values, kernel_rows, self.attn_scale)
+            att = att.view(B, T, nq, hd).transpose(1, 2)
         elif isinstance(write[0], int):
             att = self._attend(q, keys[s:s + 1, :L], values[s:s + 1, :L], mask)
         elif T == 1:
@@ -265,13 +272,38 @@ class Transformer(nn.Module):
                 end = start + n
                 att[r:r + 1, :, :n] = self._attend(q[r:r + 1, :n], keys[s:s + 1, :end], values[s:s + 1, :end],
                                                    None if mask is None else mask[r:r + 1, ..., :n, :end])
-        att = layer.o(att.transpose(1, 2).reshape(B, T, nq * hd)).to(self.residual_dtype)
+        return att
+
+    def _layer(self, i: int, x: torch.Tensor, cache: KVCache, slots: list[int], write: tuple,
+               L: int, mask: torch.Tensor | None, rot: torch.Tensor,
+               rows: list[tuple[int, int]] | None = None, kernel_rows: KernelRows | None = None) -> torch.Tensor:
+        layer = self.layers[i]
+        eps = self.config.rms_norm_eps
+        B, T, _ = x.shape
+        nq, nkv, hd = self.n_q, self.n_kv, self.head_dim
+        h = self.norm(x, layer.attn_norm)
+        qkv = layer.qkv(h)
+        keys, values = cache.keys[i], cache.values[i]
+        if kernel_rows is not None and layer.qk_norm is None and qkv.dtype == torch.float32:
+            # fast CPU mode: RoPE and the cache write in one call, then every query row (decode,
+            # prompt chunk, draft-tree node) through the one-token kernel: the same arithmetic
+            q = rope_qkv(qkv, kernel_rows, keys, values, nq)
+            att = decode_attention(q, keys, values, kernel_rows, self.attn_scale).view(B, T, nq * hd)
+        else:
+            att = self._attention(qkv.view(B, T, nq + 2 * nkv, hd), layer, keys, values, cache, slots, write,
+                                  L, mask, rot, rows, kernel_rows).transpose(1, 2).reshape(B, T, nq * hd)
+        att = layer.o(att).to(self.residual_dtype)
         if layer.post_attn_norm is not None:
             att = self.norm(att, layer.post_attn_norm)
         x = x + att
         h = self.norm(x, layer.ffn_norm)
-        gate, up = layer.gate_up(h).chunk(2, dim=-1)
-        f = layer.down(self.act(gate) * up).to(self.residual_dtype)
+        gate_up = layer.gate_up(h)
+        if self.swiglu_kernel and gate_up.dtype == torch.float32:
+            f = layer.down(silu_mul(gate_up))
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)
+            f = layer.down(self.act(gate) * up)
+        f = f.to(self.residual_dtype)
         if layer.post_ffn_norm is not None:
             f = self.norm(f, layer.post_ffn_norm)
         return x + f

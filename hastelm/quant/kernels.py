@@ -2,8 +2,8 @@
 
 `int4_gemm` multiplies activations, quantized per row to int8 in groups of 32, by a groupwise-int4
 weight packed by `pack_int4` (csrc/int4_kernel.h: AVX512-VNNI `vpdpbusd`, exact integer sums,
-rows bit-identical for any batch size); `int8_gemm` does the same for per-row int8 weights packed by `pack_int8`
-(csrc/int8_kernel.h); `rms_norm` normalises float32 rows in one call (csrc/rms_norm.h);
+rows bit-identical for any batch size); `int8_gemm` does the same for per-row int8 weights
+packed by `pack_int8` (csrc/int8_kernel.h); `rms_norm` normalises float32 rows in one call (csrc/rms_norm.h);
 `decode_attention` is one-token attention over each row's own cached keys
 (csrc/decode_attention.h: a row's result does not depend on the rest of the batch). The extension is built once into ~/.cache/hastelm/torch_extensions (or under
 $XDG_CACHE_HOME) and reused.
@@ -18,6 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
@@ -97,47 +98,55 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> tor
     return torch.cat((nibbles, sz.reshape(nb, g, -1)), dim=2).contiguous()
 
 
+def _activations(x: torch.Tensor) -> torch.Tensor:
+    """`x` as the kernels take it: contiguous float32 or bf16 (any leading dims)."""
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        x = x.float()
+    return x if x.is_contiguous() else x.contiguous()
+
+
 def int4_gemm(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """`x @ w.T` for `w` packed by `pack_int4`; any leading dims. The kernel quantizes each row of
-    float32 or bf16 activations to int8 per group of 32 (other dtypes go through float32); the
-    result comes back in x's dtype."""
+    the activations to int8 per group of 32; float32 inputs get float32 results, others bf16."""
     mod = _load()   # callers decide with native(); this only guards direct use
     if mod is None:
         raise RuntimeError("the int4 kernel is not available on this machine")
-    lead, k = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, k)
-    if x2.dtype not in (torch.float32, torch.bfloat16):
-        x2 = x2.float()
-    y = mod.int4_gemm(x2.contiguous(), packed, x.dtype == torch.float32)
-    return y.reshape(*lead, y.shape[-1]).to(x.dtype)
+    return mod.int4_gemm(_activations(x), packed)
 
 
 def pack_int8(q: torch.Tensor) -> torch.Tensor:
-    """Pack an int8 weight `[N, K]` for `int8_gemm`: int8 `[N/16, K/2, 32]`, per 16 columns and
-    k pair the 16 columns' (k, k + 1) values (csrc/int8_kernel.h)."""
+    """Pack an int8 weight `[N, K]` for `int8_gemm`: uint8 `[N/16, K/4, 64]`, per 16 columns and
+    k quad the 16 columns' 4 values, each offset by 128 (csrc/int8_kernel.h)."""
     n, k = q.shape
-    if n % BLOCK_COLS or k % 2:
-        raise ValueError(f"int8 packing needs rows % 16 == 0 and an even number of columns, got {tuple(q.shape)}")
-    return q.view(n // BLOCK_COLS, BLOCK_COLS, k // 2, 2).transpose(1, 2).reshape(n // BLOCK_COLS, k // 2, 2 * BLOCK_COLS)
+    if n % BLOCK_COLS or k % GROUP:
+        raise ValueError(f"int8 packing needs rows % 16 == 0 and cols % 32 == 0, got {tuple(q.shape)}")
+    u = (q.to(torch.int16) + 128).to(torch.uint8)
+    return u.view(n // BLOCK_COLS, BLOCK_COLS, k // 4, 4).transpose(1, 2).reshape(n // BLOCK_COLS, k // 4, 4 * BLOCK_COLS)
 
 
 def unpack_int8_rows(packed: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rows `[..., K]` of the int8 weight that `pack_int8` packed (embedding lookups)."""
-    blocks = packed.view(packed.shape[0], packed.shape[1], BLOCK_COLS, 2)
-    out = blocks[rows // BLOCK_COLS, :, rows % BLOCK_COLS]          # [..., K/2, 2]
-    return out.reshape(*rows.shape, -1)
+    blocks = packed.view(packed.shape[0], packed.shape[1], BLOCK_COLS, 4)
+    out = blocks[rows // BLOCK_COLS, :, rows % BLOCK_COLS]          # [..., K/4, 4]
+    return (out.reshape(*rows.shape, -1).to(torch.int16) - 128).to(torch.int8)
 
 
 def int8_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """`(x @ q.T) * scale` for `q` packed by `pack_int8` and fp32 `scale` `[N]`; any leading dims.
-    Activations are rounded to bf16 (the kernel multiplies in bf16); float32 inputs get float32
+    Rows of x are quantized to int8 per group of 32, as in `int4_gemm`; float32 inputs get float32
     results, others bf16."""
     mod = _load()
     if mod is None:
         raise RuntimeError("the int8 kernel is not available on this machine")
-    lead, k = x.shape[:-1], x.shape[-1]
-    y = mod.int8_gemm(x.reshape(-1, k).to(torch.bfloat16).contiguous(), packed, scale, x.dtype == torch.float32)
-    return y.reshape(*lead, y.shape[-1])
+    return mod.int8_gemm(_activations(x), packed, scale)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """`silu(gate) * up` of float32 `[gate | up]` rows `[..., 2F]` in one native call (csrc/silu_mul.h)."""
+    mod = _load()
+    if mod is None:
+        raise RuntimeError("the CPU kernels are not available on this machine")
+    return mod.silu_mul(gate_up.contiguous())
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -148,14 +157,35 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return mod.rms_norm(x.contiguous(), weight, eps)
 
 
-def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int],
-                     lengths: list[int], visible: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """One-token attention: q `[B, Hq, D]` bf16 over positions `[0, lengths[b])` of cache slot
-    `slots[b]` (layer tensors `[S, C, Hkv, D]`), where `visible` `[B, L]` allows -> `[B, Hq, D]`."""
+class KernelRows(NamedTuple):
+    """The token rows of one forward as the attention kernels take them: row r sits at index
+    `lengths[r] - 1` of cache slot `slots[r]` (int64 `[R]`), reads the slot's positions
+    `[0, lengths[r])` where `visible` `[R, >= max length]` allows (None: all of them), and is
+    rotated by `rotations` `[R, D/2, 2]` (cos, sin; float32) for its position."""
+    slots: torch.Tensor
+    lengths: torch.Tensor
+    visible: torch.Tensor | None
+    rotations: torch.Tensor | None = None
+
+
+_NO_MASK = torch.empty(0, dtype=torch.bool)
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: KernelRows,
+                     scale: float) -> torch.Tensor:
+    """One-token attention: q `[R, Hq, D]` bf16, each row over its `rows` entry of the cache layer
+    (tensors `[S, C, Hkv, D]`) -> `[R, Hq, D]`."""
     mod = _load()
     if mod is None:
         raise RuntimeError("the CPU kernels are not available on this machine")
-    none = torch.empty(0, dtype=torch.bool)
-    return mod.decode_attention(q.contiguous(), keys, values, torch.tensor(slots, dtype=torch.long),
-                                torch.tensor(lengths, dtype=torch.long),
-                                none if visible is None else visible.contiguous(), scale)
+    return mod.decode_attention(q.contiguous(), keys, values, rows.slots, rows.lengths,
+                                _NO_MASK if rows.visible is None else rows.visible, scale)
+
+
+def rope_qkv(qkv: torch.Tensor, rows: KernelRows, keys: torch.Tensor, values: torch.Tensor, n_q: int) -> torch.Tensor:
+    """RoPE of the float32 q/k/v projection rows `[..., (n_q + 2 n_kv) D]`; k and v written (bf16) to
+    each row's entry of the cache layer (csrc/rope_kv.h). Returns the rotated queries `[R, n_q, D]` bf16."""
+    mod = _load()
+    if mod is None:
+        raise RuntimeError("the CPU kernels are not available on this machine")
+    return mod.rope_qkv(qkv.contiguous(), rows.rotations, keys, values, rows.slots, rows.lengths, n_q)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ggml_blocks import int4_matmul, pack_int4_for_cpu
-from .kernels import BLOCK_COLS, int4_gemm, int8_gemm, native, pack_int4, pack_int8, unpack_int8_rows
+from .kernels import BLOCK_COLS, GROUP, int4_gemm, int8_gemm, native, pack_int4, pack_int8, unpack_int8_rows
 
 
 class DenseLinear(nn.Module):
@@ -54,8 +54,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.native:
-            # float32 and bf16 inputs go to the kernel as they are; it returns their dtype
-            out = int4_gemm(x if x.dtype in (torch.float32, self.dtype) else x.to(self.dtype), self.packed)
+            out = int4_gemm(x, self.packed)     # float32 in, float32 out; otherwise bf16
         else:
             out = int4_matmul(x.to(self.dtype), self.packed, self.scales_and_zeros, self.group_size)
         return out if self.bias is None else out + self.bias
@@ -63,7 +62,7 @@ class Int4Linear(nn.Module):
 
 class Int8Linear(nn.Module):
     """Int8 weight with one scale per output row; also serves as the embedding table when input
-    and output embeddings are tied. hastelm's W8A16 kernel runs it where available (bf16 products
+    and output embeddings are tied. hastelm's W8A8 kernel runs it where available (int8 products
     with fp32 accumulation, rows bit-identical for any batch size), else `_weight_int8pack_mm`."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
@@ -81,7 +80,7 @@ class Int8Linear(nn.Module):
 
     @staticmethod
     def native_int8(shape: tuple[int, int], dtype: torch.dtype = torch.bfloat16) -> bool:
-        return dtype == torch.bfloat16 and shape[0] % BLOCK_COLS == 0 and shape[1] % 2 == 0 and native() is not None
+        return dtype == torch.bfloat16 and shape[0] % BLOCK_COLS == 0 and shape[1] % GROUP == 0 and native() is not None
 
     @classmethod
     def quantize(cls, shape: tuple[int, int], chunks: Iterable[torch.Tensor], dtype: torch.dtype = torch.bfloat16,
@@ -90,7 +89,7 @@ class Int8Linear(nn.Module):
         kernel as they come) so a 262k-row table never exists in float32 or twice in int8 at once."""
         packed = cls.native_int8(shape, dtype)
         n, k = shape
-        q = (torch.empty(n // BLOCK_COLS, k // 2, 2 * BLOCK_COLS, dtype=torch.int8) if packed
+        q = (torch.empty(n // BLOCK_COLS, k // 4, 4 * BLOCK_COLS, dtype=torch.uint8) if packed
              else torch.empty(shape, dtype=torch.int8))
         scale = torch.empty(n, dtype=torch.float32)
         row = 0

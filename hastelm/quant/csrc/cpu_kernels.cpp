@@ -1,5 +1,6 @@
-// Python bindings of hastelm's CPU kernels: the W4A8 int4 GEMM (int4_kernel.h), the W8A16 int8
-// GEMM (int8_kernel.h), one-token decode attention (decode_attention.h) and RMS norm (rms_norm.h):
+// Python bindings of hastelm's CPU kernels: the W4A8 int4 GEMM (int4_kernel.h), the W8A8 int8
+// GEMM (int8_kernel.h), one-token decode attention (decode_attention.h), RMS norm (rms_norm.h),
+// SwiGLU's silu(gate) * up (silu_mul.h) and RoPE + KV-cache write (rope_kv.h):
 // checks, threads.
 // Only the ATen/pybind headers it needs: a third of <torch/extension.h>'s compile time.
 #include <ATen/Parallel.h>
@@ -12,6 +13,8 @@
 #include "int4_kernel.h"
 #include "int8_kernel.h"
 #include "rms_norm.h"
+#include "rope_kv.h"
+#include "silu_mul.h"
 
 namespace {
 
@@ -27,29 +30,55 @@ bool check_packed(const at::Tensor& w, int64_t K) {
   return half;
 }
 
-// x: bf16 or fp32 [M, K] contiguous; w: packed uint8 [N/16, K/32, 320 or 384]. Returns [M, N] in
-// bfloat16, or float32 when `out_fp32`.
-at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& w, bool out_fp32) {
-  TORCH_CHECK(cpu_supported(), "int4_gemm needs a CPU with AVX512-BF16 and AVX512-VNNI");
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous() &&
+// x: contiguous bf16 or fp32 [..., K]; returns K. Rows are all leading dims together.
+int64_t check_activations(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() >= 1 && x.is_contiguous() &&
               (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat),
-              "x must be a contiguous 2-D bfloat16 or float32 CPU tensor");
-  const bool half = check_packed(w, x.size(1));
-  const int64_t M = x.size(0), K = x.size(1), blocks = w.size(0), N = blocks * kBlockCols;
-  auto y = at::empty({M, N}, x.options().dtype(out_fp32 ? at::kFloat : at::kBFloat16));
+              "x must be a contiguous bfloat16 or float32 CPU tensor");
+  TORCH_CHECK(x.size(-1) % kGroup == 0, "x must have a multiple of 32 columns");
+  return x.size(-1);
+}
+
+// The [..., N] result of x [..., K]: float32 for float32 x, else bfloat16.
+at::Tensor output_for(const at::Tensor& x, int64_t N) {
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return at::empty(shape, x.options().dtype(x.scalar_type() == at::kFloat ? at::kFloat : at::kBFloat16));
+}
+
+// Every row of x (bf16 or fp32) quantized per group of 32 to int8 (int4_kernel.h quantize_row).
+struct QuantizedX {
+  std::vector<int8_t> q;
+  std::vector<float> dx, sums;
+  int64_t K, G;
+  explicit QuantizedX(const at::Tensor& x)
+      : q(x.numel()), dx(x.numel() / kGroup), sums(dx.size()), K(x.size(-1)), G(x.size(-1) / kGroup) {
+#ifdef HASTELM_X86
+    for (int64_t m = 0; m < x.numel() / K; ++m) {
+      if (x.scalar_type() == at::kFloat)
+        quantize_row(x.data_ptr<float>() + m * K, K, q.data() + m * K, dx.data() + m * G, sums.data() + m * G);
+      else
+        quantize_row(reinterpret_cast<const uint16_t*>(x.data_ptr()) + m * K, K, q.data() + m * K,
+                     dx.data() + m * G, sums.data() + m * G);
+    }
+#endif
+  }
+  QuantRows rows() const { return {q.data(), dx.data(), sums.data(), K, G}; }
+};
+
+// x: bf16 or fp32 [..., K] contiguous; w: packed uint8 [N/16, K/32, 320 or 384]. Returns [..., N]
+// in x's dtype.
+at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(cpu_supported(), "int4_gemm needs a CPU with AVX512-BF16 and AVX512-VNNI");
+  const int64_t K = check_activations(x);
+  const bool half = check_packed(w, K);
+  const int64_t M = x.numel() / K, blocks = w.size(0), N = blocks * kBlockCols;
+  auto y = output_for(x, N);
+  const bool out_fp32 = y.scalar_type() == at::kFloat;
 #ifdef HASTELM_X86
   if (M == 0) return y;
-  const int64_t G = K / kGroup;
-  std::vector<int8_t> xq(M * K);
-  std::vector<float> dx(M * G), sums(M * G);
-  for (int64_t m = 0; m < M; ++m) {
-    if (x.scalar_type() == at::kFloat)
-      quantize_row(x.data_ptr<float>() + m * K, K, xq.data() + m * K, dx.data() + m * G, sums.data() + m * G);
-    else
-      quantize_row(reinterpret_cast<const uint16_t*>(x.data_ptr()) + m * K, K, xq.data() + m * K,
-                   dx.data() + m * G, sums.data() + m * G);
-  }
-  const QuantRows rows{xq.data(), dx.data(), sums.data(), K, G};
+  const QuantizedX xq(x);
+  const QuantRows rows = xq.rows();
   const auto* wp = w.data_ptr<uint8_t>();
   void* yp = y.data_ptr();
   // Columns are independent, so any split over threads gives identical results.
@@ -63,28 +92,34 @@ at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& w, bool out_fp32) {
   return y;
 }
 
-// x: bf16 [M, K] contiguous; w: int8 [N/16, K/2, 32] from pack_int8; scale: fp32 [N]. Returns
-// [M, N] in bfloat16, or float32 when `out_fp32`.
-at::Tensor int8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, bool out_fp32) {
-  TORCH_CHECK(cpu_supported(), "int8_gemm needs a CPU with AVX512-BF16");
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
-              "x must be a contiguous 2-D bfloat16 CPU tensor");
-  const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(w.device().is_cpu() && w.dim() == 3 && w.scalar_type() == at::kChar && w.is_contiguous() &&
-              w.size(1) * 2 == K && w.size(2) == 2 * kBlockCols, "w must come from pack_int8 for ", K, " inputs");
+// x: bf16 or fp32 [..., K] contiguous; w: uint8 [N/16, K/4, 64] from pack_int8; scale: fp32 [N].
+// Returns [..., N] in x's dtype.
+at::Tensor int8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  TORCH_CHECK(cpu_supported(), "int8_gemm needs a CPU with AVX512-BF16 and AVX512-VNNI");
+  const int64_t K = check_activations(x), M = x.numel() / K;
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 3 && w.scalar_type() == at::kByte && w.is_contiguous() &&
+              w.size(1) * 4 == K && w.size(2) == 4 * kBlockCols, "w must come from pack_int8 for ", K, " inputs");
   const int64_t blocks = w.size(0), N = blocks * kBlockCols;
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == N,
               "scale must be a contiguous float32 [N] tensor");
-  auto y = at::empty({M, N}, x.options().dtype(out_fp32 ? at::kFloat : at::kBFloat16));
+  auto y = output_for(x, N);
+  const bool out_fp32 = y.scalar_type() == at::kFloat;
 #ifdef HASTELM_X86
   if (M == 0) return y;
-  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
-  const auto* wp = w.data_ptr<int8_t>();
+  const QuantizedX xq(x);
+  std::vector<int32_t> share(xq.dx.size());     // 128 * sum(xq) per (row, group)
+  for (size_t i = 0; i < share.size(); ++i) {
+    int32_t total = 0;
+    for (int k = 0; k < kGroup; ++k) total += xq.q[i * kGroup + k];
+    share[i] = 128 * total;
+  }
+  const hastelm_int8::Rows rows{xq.rows(), share.data()};
+  const auto* wp = w.data_ptr<uint8_t>();
   const float* sp = scale.data_ptr<float>();
   void* yp = y.data_ptr();
   // Columns are independent, so any split over threads gives identical results.
   at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-    hastelm_int8::gemm_cols(xp, M, K, wp, sp, b0, b1, yp, N, !out_fp32);
+    hastelm_int8::gemm_cols(rows, M, wp, sp, b0, b1, yp, N, !out_fp32);
   });
 #endif
   return y;
@@ -162,10 +197,71 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
 
 }  // namespace
 
+// gate_up: float32 [..., 2F] contiguous, F % 16 == 0. Returns silu(gate) * up, float32 [..., F].
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  TORCH_CHECK(cpu_supported(), "silu_mul needs a CPU with AVX-512");
+  const int64_t F = gate_up.size(-1) / 2;
+  TORCH_CHECK(gate_up.device().is_cpu() && gate_up.scalar_type() == at::kFloat && gate_up.is_contiguous() &&
+              F % 16 == 0 && gate_up.size(-1) == 2 * F, "gate_up must be contiguous float32 [..., 2F], F % 16 == 0");
+  auto shape = gate_up.sizes().vec();
+  shape.back() = F;
+  auto y = at::empty(shape, gate_up.options());
+#ifdef HASTELM_X86
+  const int64_t rows = gate_up.numel() / (2 * F);
+  const float* xp = gate_up.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) hastelm_act::silu_mul_row(xp + r * 2 * F, F, yp + r * F);
+  });
+#endif
+  return y;
+}
+
+// qkv: float32 [R, (nq + 2 nkv) D] rows; rotations: float32 [R, D/2, 2] (cos, sin); keys/values: a
+// cache layer [S, C, nkv, D] bf16; row r's k and v go to slot slots[r], index lengths[r] - 1.
+// Returns the rotated queries [R, nq, D] bf16.
+at::Tensor rope_qkv(const at::Tensor& qkv, const at::Tensor& rotations, at::Tensor keys, at::Tensor values,
+                    const at::Tensor& slots, const at::Tensor& lengths, int64_t nq) {
+  TORCH_CHECK(cpu_supported(), "rope_qkv needs a CPU with AVX-512");
+  TORCH_CHECK(keys.dim() == 4 && keys.sizes() == values.sizes() && keys.scalar_type() == at::kBFloat16 &&
+              values.scalar_type() == at::kBFloat16 && keys.is_contiguous() && values.is_contiguous(),
+              "keys and values must be contiguous [S, C, Hkv, D] bf16");
+  const int64_t C = keys.size(1), nkv = keys.size(2), D = keys.size(3), width = (nq + 2 * nkv) * D;
+  TORCH_CHECK(D % 16 == 0 && qkv.scalar_type() == at::kFloat && qkv.is_contiguous() && qkv.numel() % width == 0,
+              "qkv must be contiguous float32 rows of (nq + 2 nkv) * D values");
+  const int64_t R = qkv.numel() / width;
+  TORCH_CHECK(rotations.scalar_type() == at::kFloat && rotations.is_contiguous() && rotations.numel() == R * D,
+              "rotations must be contiguous float32 [R, D/2, 2]");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong && slots.numel() == R &&
+              lengths.numel() == R, "slots and lengths must be int64 [R]");
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r)
+    TORCH_CHECK(slot[r] >= 0 && slot[r] < keys.size(0) && len[r] >= 1 && len[r] <= C, "slot or length out of range");
+  auto q = at::empty({R, nq, D}, keys.options());
+#ifdef HASTELM_X86
+  const float* xp = qkv.data_ptr<float>();
+  const float* rp = rotations.data_ptr<float>();
+  auto* qp = reinterpret_cast<uint16_t*>(q.data_ptr());
+  auto* kp = reinterpret_cast<uint16_t*>(keys.data_ptr());
+  auto* vp = reinterpret_cast<uint16_t*>(values.data_ptr());
+  at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t entry = (slot[r] * C + len[r] - 1) * nkv * D;
+      hastelm_rope::rope_row(xp + r * width, rp + r * D, static_cast<int>(nq), static_cast<int>(nkv),
+                             static_cast<int>(D), qp + r * nq * D, kp + entry, vp + entry);
+    }
+  });
+#endif
+  return q;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernel uses");
   m.def("int4_gemm", &int4_gemm, "y = x @ W.T for a groupwise-int4 W packed by pack_int4");
   m.def("decode_attention", &decode_attention, "one-token attention over each row's cached keys");
   m.def("int8_gemm", &int8_gemm, "y = x @ W.T * scale for a per-row int8 W packed by pack_int8");
   m.def("rms_norm", &rms_norm, "RMS norm of float32 rows times a weight");
+  m.def("rope_qkv", &rope_qkv, "RoPE of q and k, k and v written to the cache, q returned in bf16");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of float32 [gate | up] rows");
 }
