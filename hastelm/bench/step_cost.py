@@ -1,9 +1,9 @@
 """What one forward costs on this machine: `python -m hastelm.bench.step_cost [-m MODEL]`.
 
-Prints the cost curve the speculative controller measures (one forward over a draft of T tokens
-after a cached prefix) and the cost of one decode step for B requests together (the server's
-continuous batch), in milliseconds and as a multiple of a one-token step. Medians of repeated
-runs; nothing here goes into tests.
+Prints the cost curve the speculative controller measures (`cost.measure`: the best of a few
+forwards over a draft of T tokens after a cached prefix) and the median cost of one decode step
+for B requests together (the server's continuous batch), in milliseconds and as a multiple of a
+one-token step. Nothing here goes into tests.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from ..decoding.speculative.cost import POINTS
+from ..decoding.speculative.cost import POINTS, measure
 from ..engine import LLM
 from ..models.transformer import Transformer
 
@@ -28,18 +28,6 @@ def median_ms(run, repeats: int) -> float:
         run()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
-
-
-def tree_ms(model: Transformer, prefix: int, tokens: int, repeats: int) -> float:
-    cache = model.new_cache(prefix + tokens)
-    model(torch.zeros(1, prefix, dtype=torch.long), torch.arange(prefix)[None], cache)
-    mask = torch.ones(tokens, tokens, dtype=torch.bool).tril()
-
-    def run() -> None:
-        model(torch.zeros(1, tokens, dtype=torch.long), torch.arange(prefix, prefix + tokens)[None], cache,
-              tree_mask=mask if tokens > 1 else None)
-        cache.trim(tokens)
-    return median_ms(run, repeats)
 
 
 def batch_ms(model: Transformer, prefix: int, rows: int, repeats: int) -> float:
@@ -61,15 +49,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
     model = LLM(args.model).model
-    one = tree_ms(model, args.prefix, 1, args.repeats)
+    cache = model.new_cache(args.prefix + POINTS[-1])
+    model(torch.zeros(1, args.prefix, dtype=torch.long), torch.arange(args.prefix)[None], cache)
+    curve = measure(model, cache, 0, POINTS[-1])
+    one = curve.seconds[1] * 1e3
     print(f"{'draft tokens':>12} {'ms':>8} {'x 1 token':>10}")
-    for t in POINTS[:6]:
-        ms = one if t == 1 else tree_ms(model, args.prefix, t, args.repeats)
+    for t in curve.points:
+        ms = curve.seconds[t] * 1e3
         print(f"{t:>12} {ms:>8.2f} {ms / one:>9.2f}x")
     print(f"\n{'batch rows':>12} {'ms':>8} {'x 1 row':>10}")
-    for b in BATCHES:
-        ms = batch_ms(model, args.prefix, b, args.repeats)
-        print(f"{b:>12} {ms:>8.2f} {ms / one:>9.2f}x")
+    batch = {b: batch_ms(model, args.prefix, b, args.repeats) for b in BATCHES}
+    for b, ms in batch.items():
+        print(f"{b:>12} {ms:>8.2f} {ms / batch[1]:>9.2f}x")
 
 
 if __name__ == "__main__":

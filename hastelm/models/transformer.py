@@ -224,12 +224,13 @@ class Transformer(nn.Module):
         the slot's keys up to itself where the mask allows."""
         row_slots = torch.tensor([s for s in slots for _ in range(T)], dtype=torch.long)
         lengths = torch.tensor([st + t + 1 for st in starts for t in range(T)], dtype=torch.long)
-        out = {}
-        for sliding, mask in masks.items():
+        def rows(mask: torch.Tensor | None, rot: torch.Tensor) -> KernelRows:
             visible = None if mask is None else mask[:, 0].reshape(len(slots) * T, -1).contiguous()
-            rot = torch.view_as_real(rot_l if sliding else rot_g).contiguous()
-            out[sliding] = KernelRows(row_slots, lengths, visible, rot)
-        return out
+            return KernelRows(row_slots, lengths, visible, torch.view_as_real(rot).contiguous())
+
+        full = rows(masks[False], rot_g)
+        same = masks[True] is masks[False] and rot_l is rot_g      # no sliding-window layers
+        return {False: full, True: full if same else rows(masks[True], rot_l)}
 
     def _attention(self, qkv: torch.Tensor, layer: Layer, keys: torch.Tensor, values: torch.Tensor,
                    cache: KVCache, slots: list[int], write: tuple, L: int, mask: torch.Tensor | None,
@@ -278,7 +279,6 @@ class Transformer(nn.Module):
                L: int, mask: torch.Tensor | None, rot: torch.Tensor,
                rows: list[tuple[int, int]] | None = None, kernel_rows: KernelRows | None = None) -> torch.Tensor:
         layer = self.layers[i]
-        eps = self.config.rms_norm_eps
         B, T, _ = x.shape
         nq, nkv, hd = self.n_q, self.n_kv, self.head_dim
         h = self.norm(x, layer.attn_norm)

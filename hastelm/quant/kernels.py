@@ -70,6 +70,14 @@ def _load() -> ModuleType | None:
     return mod if mod.cpu_supported() else None
 
 
+def _kernels() -> ModuleType:
+    """The compiled module for a direct call; callers decide with `native()`, this only guards."""
+    mod = _load()
+    if mod is None:
+        raise RuntimeError("hastelm's CPU kernels are not available on this machine")
+    return mod
+
+
 def native() -> ModuleType | None:
     """The compiled kernel module, or None when the fallback must be used."""
     if disabled() or sys.platform != "linux" or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
@@ -108,10 +116,7 @@ def _activations(x: torch.Tensor) -> torch.Tensor:
 def int4_gemm(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """`x @ w.T` for `w` packed by `pack_int4`; any leading dims. The kernel quantizes each row of
     the activations to int8 per group of 32; float32 inputs get float32 results, others bf16."""
-    mod = _load()   # callers decide with native(); this only guards direct use
-    if mod is None:
-        raise RuntimeError("the int4 kernel is not available on this machine")
-    return mod.int4_gemm(_activations(x), packed)
+    return _kernels().int4_gemm(_activations(x), packed)
 
 
 def pack_int8(q: torch.Tensor) -> torch.Tensor:
@@ -135,26 +140,17 @@ def int8_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> tor
     """`(x @ q.T) * scale` for `q` packed by `pack_int8` and fp32 `scale` `[N]`; any leading dims.
     Rows of x are quantized to int8 per group of 32, as in `int4_gemm`; float32 inputs get float32
     results, others bf16."""
-    mod = _load()
-    if mod is None:
-        raise RuntimeError("the int8 kernel is not available on this machine")
-    return mod.int8_gemm(_activations(x), packed, scale)
+    return _kernels().int8_gemm(_activations(x), packed, scale)
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """`silu(gate) * up` of float32 `[gate | up]` rows `[..., 2F]` in one native call (csrc/silu_mul.h)."""
-    mod = _load()
-    if mod is None:
-        raise RuntimeError("the CPU kernels are not available on this machine")
-    return mod.silu_mul(gate_up.contiguous())
+    return _kernels().silu_mul(gate_up.contiguous())
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """`F.rms_norm(x, (D,), weight, eps)` for float32 rows in one native call (csrc/rms_norm.h)."""
-    mod = _load()
-    if mod is None:
-        raise RuntimeError("the CPU kernels are not available on this machine")
-    return mod.rms_norm(x.contiguous(), weight, eps)
+    return _kernels().rms_norm(x.contiguous(), weight, eps)
 
 
 class KernelRows(NamedTuple):
@@ -175,17 +171,11 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
                      scale: float) -> torch.Tensor:
     """One-token attention: q `[R, Hq, D]` bf16, each row over its `rows` entry of the cache layer
     (tensors `[S, C, Hkv, D]`) -> `[R, Hq, D]`."""
-    mod = _load()
-    if mod is None:
-        raise RuntimeError("the CPU kernels are not available on this machine")
-    return mod.decode_attention(q.contiguous(), keys, values, rows.slots, rows.lengths,
+    return _kernels().decode_attention(q.contiguous(), keys, values, rows.slots, rows.lengths,
                                 _NO_MASK if rows.visible is None else rows.visible, scale)
 
 
 def rope_qkv(qkv: torch.Tensor, rows: KernelRows, keys: torch.Tensor, values: torch.Tensor, n_q: int) -> torch.Tensor:
     """RoPE of the float32 q/k/v projection rows `[..., (n_q + 2 n_kv) D]`; k and v written (bf16) to
     each row's entry of the cache layer (csrc/rope_kv.h). Returns the rotated queries `[R, n_q, D]` bf16."""
-    mod = _load()
-    if mod is None:
-        raise RuntimeError("the CPU kernels are not available on this machine")
-    return mod.rope_qkv(qkv.contiguous(), rows.rotations, keys, values, rows.slots, rows.lengths, n_q)
+    return _kernels().rope_qkv(qkv.contiguous(), rows.rotations, keys, values, rows.slots, rows.lengths, n_q)

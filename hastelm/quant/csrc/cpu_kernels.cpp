@@ -195,8 +195,6 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   return y;
 }
 
-}  // namespace
-
 // gate_up: float32 [..., 2F] contiguous, F % 16 == 0. Returns silu(gate) * up, float32 [..., F].
 at::Tensor silu_mul(const at::Tensor& gate_up) {
   TORCH_CHECK(cpu_supported(), "silu_mul needs a CPU with AVX-512");
@@ -255,6 +253,8 @@ at::Tensor rope_qkv(const at::Tensor& qkv, const at::Tensor& rotations, at::Tens
 #endif
   return q;
 }
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernel uses");
