@@ -47,11 +47,16 @@ _GREEDY: dict[tuple[int, tuple[int, ...]], list[int]] = {}
 
 
 def greedy(llm: Any, ids: list[int], n: int = CONTINUATION) -> list[int]:
-    """`n` greedy tokens from `llm` (EOS ignored), cached per model and prompt."""
+    """`n` greedy tokens from `llm` (EOS ignored), cached per model and prompt. The first call for a
+    model decodes every prompt of PROMPTS together in one continuous batch."""
+    from batch_decode import decode_batch
     from hastelm.decoding.sampling import SamplingParams
 
     key = (id(llm), tuple(ids))
-    if key not in _GREEDY:
-        params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
-        _GREEDY[key] = list(llm.generate([ids], params)[0].token_ids)
+    if key not in _GREEDY or len(_GREEDY[key]) < n:
+        batch = [prompt_ids(llm, p) for p in PROMPTS]
+        batch = batch if list(ids) in batch else [*batch, list(ids)]
+        params = SamplingParams(max_tokens=max(n, CONTINUATION), temperature=0.0, ignore_eos=True)
+        outputs = decode_batch(llm, batch, params, llm.plain).outputs
+        _GREEDY.update({(id(llm), tuple(b)): out for b, out in zip(batch, outputs)})
     return _GREEDY[key][:n]

@@ -15,12 +15,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hastelm.decoding.plain import StepOutcome
+from batch_decode import shared_prompt_batch
 from hastelm.decoding.sampling import Sampler, SamplingParams
 from hastelm.decoding.speculative import Controller, SpeculativeDecoding
 from hastelm.decoding.speculative.proposers.draft_model import DraftModel
 
 SAMPLES = 400
+BATCH = 50
 ALPHA = 1e-3
 PROMPT = "My favourite animal is the"
 
@@ -79,29 +80,17 @@ def exact(llm_f32):
 
 
 def sample_counts(llm, strategy) -> dict[tuple[int, ...], int]:
-    """Outcomes of SAMPLES seeded requests. The prompt is prefilled once: each request samples its
-    first token from those logits as `LLM.prefill` would, then decodes with `strategy`."""
+    """Outcomes of SAMPLES seeded requests, decoded in continuous batches of BATCH (each request
+    keeps its own random generator, so batching does not change what it draws). Successive
+    batches, as successive requests would, find what earlier ones taught the proposer."""
     ids = llm.encode_prompt(PROMPT)
     counts: dict[tuple[int, ...], int] = {}
     accepted = 0
-    llm.cache.reset()
-    try:
-        first_logits = llm.model(torch.tensor([ids]), torch.arange(len(ids))[None], llm.cache,
-                                 last_only=True)[0, -1]
-        for seed in range(SAMPLES):
-            llm.cache.trim(llm.cache.length(0) - len(ids))
-            seq = llm.new_sequence(ids, params(seed))
-            r = llm.advance(seq, StepOutcome([seq.sampler.sample(first_logits, seq.ids)], [first_logits]), 0.0)
-            out = list(r.tokens)
-            while r.finish_reason is None:
-                r = llm.advance(seq, strategy.step(llm.model, llm.cache, seq), 0.0)
-                out += r.tokens
-                accepted += r.accepted
-            strategy.release(seq)
+    for start in range(0, SAMPLES, BATCH):
+        run = shared_prompt_batch(llm, ids, [params(seed) for seed in range(start, start + BATCH)], strategy)
+        accepted += run.accepted
+        for out in run.outputs:
             counts[tuple(out)] = counts.get(tuple(out), 0) + 1
-    finally:
-        llm.cache.reset()
-        llm.finish(llm.new_sequence(ids, params()), strategy)   # so the engine forgets its cached prefix
     assert accepted > SAMPLES // 4, "drafts were hardly ever accepted: speculation was not exercised"
     return counts
 
