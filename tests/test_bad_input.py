@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from gguf_factory import write_tiny_gguf
 from hastelm.cli import app
 from hastelm.errors import ContextOverflowError, InvalidParameterError
+from hastelm.quant.kernels import COMPILING_NOTICE
 
 runner = CliRunner()
 
@@ -48,7 +49,8 @@ def test_the_tiny_file_itself_runs(files: Path) -> None:
     """The damaged variants below fail for their one defect, not because the base file is bad."""
     result = generate("-m", str(files / "tiny.gguf"), "-p", "a a", "-n", "3")
     assert result.exit_code == 0, result.stderr
-    assert result.stderr == ""
+    # nothing on stderr but, in a fresh cache, the one-time kernel build notice
+    assert result.stderr.replace(COMPILING_NOTICE + "\n", "") == ""
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -48,6 +48,9 @@ def disabled() -> bool:
     return os.environ.get("HASTELM_NO_KERNELS", "") not in ("", "0")
 
 
+COMPILING_NOTICE = "hastelm: compiling the CPU kernels (once; about a minute)"
+
+
 @functools.cache
 def _load() -> ModuleType | None:
     try:
@@ -57,7 +60,7 @@ def _load() -> ModuleType | None:
         path = build_dir()
         path.mkdir(parents=True, exist_ok=True)
         if not any(path.glob("*.so")):
-            print("hastelm: compiling the CPU kernels (once; about a minute)", file=sys.stderr)
+            print(COMPILING_NOTICE, file=sys.stderr)
         # -fopenmp: at::parallel_for is an OpenMP region compiled into this module; without the
         # flag it silently runs on one thread. libgomp.so.1 resolves to the copy torch loaded.
         mod = load(name="hastelm_cpu_kernels", sources=[str(s) for s in _SOURCES],
