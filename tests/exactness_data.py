@@ -46,17 +46,17 @@ def prompt_ids(llm: Any, prompt: dict[str, str]) -> list[int]:
 _GREEDY: dict[tuple[int, tuple[int, ...]], list[int]] = {}
 
 
-def greedy(llm: Any, ids: list[int], n: int = CONTINUATION) -> list[int]:
-    """`n` greedy tokens from `llm` (EOS ignored), cached per model and prompt. The first call for a
-    model decodes every prompt of PROMPTS together in one continuous batch."""
+def greedy(llm: Any, ids: list[int]) -> list[int]:
+    """CONTINUATION greedy tokens from `llm` (EOS ignored), cached per model and prompt. The first
+    call for a model decodes every prompt of PROMPTS together in one continuous batch."""
     from batch_decode import decode_batch
     from hastelm.decoding.sampling import SamplingParams
 
     key = (id(llm), tuple(ids))
-    if key not in _GREEDY or len(_GREEDY[key]) < n:
+    if key not in _GREEDY:
         batch = [prompt_ids(llm, p) for p in PROMPTS]
         batch = batch if list(ids) in batch else [*batch, list(ids)]
-        params = SamplingParams(max_tokens=max(n, CONTINUATION), temperature=0.0, ignore_eos=True)
+        params = SamplingParams(max_tokens=CONTINUATION, temperature=0.0, ignore_eos=True)
         outputs = decode_batch(llm, batch, params, llm.plain).outputs
         _GREEDY.update({(id(llm), tuple(b)): out for b, out in zip(batch, outputs)})
-    return _GREEDY[key][:n]
+    return _GREEDY[key]

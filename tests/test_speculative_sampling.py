@@ -12,6 +12,8 @@ same weights in the packed int4 mode, so drafts are good but not perfect; Leviat
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -84,13 +86,12 @@ def sample_counts(llm, strategy) -> dict[tuple[int, ...], int]:
     keeps its own random generator, so batching does not change what it draws). Successive
     batches, as successive requests would, find what earlier ones taught the proposer."""
     ids = llm.encode_prompt(PROMPT)
-    counts: dict[tuple[int, ...], int] = {}
+    counts: Counter[tuple[int, ...]] = Counter()
     accepted = 0
     for start in range(0, SAMPLES, BATCH):
         run = shared_prompt_batch(llm, ids, [params(seed) for seed in range(start, start + BATCH)], strategy)
         accepted += run.accepted
-        for out in run.outputs:
-            counts[tuple(out)] = counts.get(tuple(out), 0) + 1
+        counts.update(tuple(out) for out in run.outputs)
     assert accepted > SAMPLES // 4, "drafts were hardly ever accepted: speculation was not exercised"
     return counts
 
