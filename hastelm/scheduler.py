@@ -75,10 +75,12 @@ class Job:
 
 class Scheduler:
     def __init__(self, llm: Any, *, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256,
-                 speculative: str | None = None) -> None:
-        if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
-            raise HastelmError("max_batch and prefill_chunk must be >= 1, max_queue >= 0")
+                 speculative: str | None = None, threads: int | None = None) -> None:
+        """`threads`: torch's compute threads on the scheduler thread (None: leave torch's setting)."""
+        if max_batch < 1 or max_queue < 0 or prefill_chunk < 1 or (threads is not None and threads < 1):
+            raise HastelmError("max_batch, prefill_chunk and threads must be >= 1, max_queue >= 0")
         self.llm = llm
+        self.threads = threads
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.default_speculative = speculative
         self.cache = llm.model.new_cache(llm.context_length, slots=max_batch)
@@ -142,6 +144,8 @@ class Scheduler:
 
     # ---- the scheduler thread ----------------------------------------------------------------
     def _loop(self) -> None:
+        if self.threads is not None:    # OpenMP's team size is per thread: set it where the forwards run
+            torch.set_num_threads(self.threads)
         while True:
             with self._wake:
                 while not self._stopping and not self.queue and self.running == 0:

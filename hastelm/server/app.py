@@ -60,9 +60,10 @@ def model_id_for(name: str) -> str:
 
 
 def create_app(llm: Any, *, model_id: str | None = None, max_batch: int = 8, max_queue: int = 64,
-               prefill_chunk: int = 256, speculative: str | None = None, api_key: str | None = None) -> FastAPI:
+               prefill_chunk: int = 256, speculative: str | None = None, api_key: str | None = None,
+               threads: int | None = None) -> FastAPI:
     scheduler = Scheduler(llm, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk,
-                          speculative=speculative)
+                          speculative=speculative, threads=threads)
     state = ServerState(llm, scheduler, model_id or model_id_for(llm.name), api_key, created=int(time.time()))
 
     @asynccontextmanager

@@ -9,15 +9,19 @@ import typer
 from ..models.registry import DEFAULT_MODEL
 
 
-def torch_threads(threads: int | None) -> None:
-    """Compute threads for the server. By default one core stays free for the event loop that
-    streams tokens (and for clients on the same machine): an OpenMP team with a thread descheduled
-    waits at every barrier, which on 2 cores made one stream's step 2x slower, not faster."""
+def compute_threads(threads: int | None) -> int:
+    """The scheduler thread's compute threads (default: every core), with this main thread kept to
+    one. libgomp gives every thread that opens a parallel region its own team and, once teams hold
+    more threads than there are cores, throttles their spin-wait so each of the many small regions
+    of a decode step waits on a futex wake-up: a 2-thread team on the scheduler thread beside one
+    left over from loading the model on this thread ran a decode step about 2x slower than one
+    thread. With only the scheduler's team alive, 2 threads beat 1 at every batch size."""
     import torch
 
     from ..system import usable_cores
 
-    torch.set_num_threads(threads or max(1, usable_cores() - 1))
+    torch.set_num_threads(1)
+    return threads or usable_cores()
 
 
 def serve(
@@ -36,7 +40,7 @@ def serve(
     dtype: str = typer.Option("auto", "--dtype", help="auto|float32|bfloat16"),
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads",
-                                          help="compute threads (default: all cores but one, for the HTTP loop)"),
+                                          help="compute threads (default: all cores)"),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, streaming) with continuous batching."""
@@ -49,10 +53,10 @@ def serve(
     try:
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1 or (threads is not None and threads < 1):
             raise HastelmError("--max-batch, --prefill-chunk and --threads must be >= 1, --max-queue >= 0")
-        torch_threads(threads)
+        threads = compute_threads(threads)
         llm = load_llm(model, dtype, device, speculative, context_length)
         app = create_app(llm, model_id=served_model_name, max_batch=max_batch, max_queue=max_queue,
-                         prefill_chunk=prefill_chunk, speculative=speculative, api_key=api_key)
+                         prefill_chunk=prefill_chunk, speculative=speculative, api_key=api_key, threads=threads)
     except HastelmError as exc:
         fail(str(exc))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

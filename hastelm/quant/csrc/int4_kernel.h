@@ -168,29 +168,35 @@ inline void store_bf16(const float* src, uint16_t* dst, int64_t n) {
   }
 }
 
-// Output columns [16*b0, 16*b1) for all M quantized rows; y is [M, N] in bf16 or fp32.
+// Output columns [16*b0, 16*b1) for all M quantized rows; y is [M, N] in bf16 or fp32. Columns
+// go in spans of about 256 KB of weights that stay in L2 while every row tile passes over them,
+// so a batch of decode rows (or a prefill chunk) streams the weight from memory once, not once
+// per four rows.
 template <class S>
 void gemm_cols(const QuantRows& x, int64_t M, const uint8_t* w, int64_t b0, int64_t b1, void* y,
                int64_t N, bool out_bf16) {
   const int64_t ldw = x.G * group_bytes<S>;
-  const int64_t width = (b1 - b0) * kBlockCols;
-  std::vector<float> buf(kMaxRowTile * width);
-  const uint8_t* wb = w + b0 * ldw;
-  for (int64_t m = 0; m < M; m += kMaxRowTile) {
-    const int rows = static_cast<int>(std::min<int64_t>(kMaxRowTile, M - m));
-    const QuantRows xr = x.at(m);
-    switch (rows) {
-      case 1: run_rows<S, 1>(xr, wb, ldw, buf.data(), width, b1 - b0); break;
-      case 2: run_rows<S, 2>(xr, wb, ldw, buf.data(), width, b1 - b0); break;
-      case 3: run_rows<S, 3>(xr, wb, ldw, buf.data(), width, b1 - b0); break;
-      default: run_rows<S, 4>(xr, wb, ldw, buf.data(), width, b1 - b0); break;
-    }
-    for (int r = 0; r < rows; ++r) {
-      const int64_t off = (m + r) * N + b0 * kBlockCols;
-      if (out_bf16)
-        store_bf16(buf.data() + r * width, static_cast<uint16_t*>(y) + off, width);
-      else
-        std::memcpy(static_cast<float*>(y) + off, buf.data() + r * width, width * sizeof(float));
+  const int64_t span = std::max<int64_t>(1, (256 * 1024) / ldw);
+  std::vector<float> buf(kMaxRowTile * span * kBlockCols);
+  for (int64_t s0 = b0; s0 < b1; s0 += span) {
+    const int64_t s1 = std::min(b1, s0 + span), width = (s1 - s0) * kBlockCols;
+    const uint8_t* ws = w + s0 * ldw;
+    for (int64_t m = 0; m < M; m += kMaxRowTile) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMaxRowTile, M - m));
+      const QuantRows xr = x.at(m);
+      switch (rows) {
+        case 1: run_rows<S, 1>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
+        case 2: run_rows<S, 2>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
+        case 3: run_rows<S, 3>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
+        default: run_rows<S, 4>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
+      }
+      for (int r = 0; r < rows; ++r) {
+        const int64_t off = (m + r) * N + s0 * kBlockCols;
+        if (out_bf16)
+          store_bf16(buf.data() + r * width, static_cast<uint16_t*>(y) + off, width);
+        else
+          std::memcpy(static_cast<float*>(y) + off, buf.data() + r * width, width * sizeof(float));
+      }
     }
   }
 }
