@@ -15,6 +15,7 @@ from .decoding.stopping import StopChecker
 from .errors import ContextOverflowError, HastelmError, InvalidParameterError
 from .models.loader import load_model
 from .models.registry import DEFAULT_MODEL
+from .system import keep_freed_memory
 
 PREFILL_CHUNK = 256   # long prompts run in chunks: bounded activation memory (llama.cpp: n_ubatch)
 
@@ -51,6 +52,8 @@ class LLM:
         if context_length is not None and context_length < 1:
             raise InvalidParameterError(f"context_length must be >= 1, got {context_length}")
         loaded = load_model(model, self.mode, self.device, progress)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
         self.name, self.path = loaded.name, loaded.path
         limit = self.config.max_position_embeddings
