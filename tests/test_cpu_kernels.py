@@ -301,3 +301,17 @@ def test_silu_mul_matches_torch_and_rows_are_batch_independent(kernel) -> None:
     torch.testing.assert_close(y, torch.nn.functional.silu(gate) * up, rtol=1e-5, atol=1e-6)
     assert torch.equal(kernels.silu_mul(gate_up[3:4]), y[3:4])
     assert torch.equal(kernels.silu_mul(gate_up.view(7, 1, -1)), y.view(7, 1, -1))
+
+
+@needs_kernel
+def test_argmax_rows_matches_torch_including_ties_infinities_and_nan(kernel) -> None:
+    logits = torch.randn(9, 49152, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(kernels.argmax_rows(logits), logits.argmax(-1))
+    odd = torch.full((6, 37), -float("inf"))            # 37: a partial last vector
+    odd[1, 5] = odd[1, 30] = 2.0                         # a tie: the first index wins
+    odd[2, 36] = 1.0                                     # in the tail lanes
+    odd[3, 3] = odd[3, 7] = float("nan")                 # NaN counts as the largest, as in torch
+    odd[3, 9] = float("inf")
+    odd[4] = 0.5
+    odd[5, 17] = odd[5, 33] = float("inf")
+    assert kernels.argmax_rows(odd).tolist() == odd.argmax(-1).tolist() == [0, 5, 36, 3, 0, 17]

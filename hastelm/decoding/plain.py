@@ -8,6 +8,7 @@ import torch
 
 from ..kv.cache import KVCache
 from ..models.transformer import Transformer
+from .sampling import greedy_tokens
 from .sequence import Sequence
 
 
@@ -35,7 +36,10 @@ class PlainDecoding:
         tokens = torch.tensor([[s.pending] for s in seqs], device=dev)
         positions = torch.tensor([[len(s.ids) - 1] for s in seqs], device=dev)
         logits = model(tokens, positions, cache, slots=[s.slot for s in seqs])[:, -1]
-        return [StepOutcome([s.sampler.sample(logits[i], s.ids)], [logits[i]]) for i, s in enumerate(seqs)]
+        plain_greedy = [i for i, s in enumerate(seqs) if s.params.greedy and not s.params.has_penalties]
+        picked = dict(zip(plain_greedy, greedy_tokens(logits[plain_greedy]))) if plain_greedy else {}
+        return [StepOutcome([picked[i] if i in picked else s.sampler.sample(logits[i], s.ids)], [logits[i]])
+                for i, s in enumerate(seqs)]
 
     def release(self, seq: Sequence) -> None:
         """Called when a request ends; plain decoding keeps nothing per request."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InvalidParameterError
+from ..quant.kernels import argmax_rows, native
 
 # Below this temperature sampling is argmax in all but name, and dividing by it overflows float32.
 GREEDY_BELOW_TEMPERATURE = 1e-5
@@ -116,7 +117,7 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, history: Sequence[int]) -> int:
         if self.params.greedy:
-            return int(self.process(logits, history).argmax())
+            return greedy_tokens(self.process(logits, history)[None])[0]
         return self.sample_from(self.probs(logits, history))
 
     def sample_from(self, probs: torch.Tensor) -> int:
@@ -124,6 +125,14 @@ class Sampler:
 
     def uniform(self) -> float:
         return float(torch.rand((), generator=self.generator))
+
+
+def greedy_tokens(logits: torch.Tensor) -> list[int]:
+    """The argmax of each row of `logits` `[R, V]`: hastelm's CPU kernel for float32 rows (a
+    vocabulary-sized row in ~6 us, torch's scan ~45 us), else torch."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and native() is not None:
+        return argmax_rows(logits).tolist()
+    return logits.argmax(-1).tolist()
 
 
 def _one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:

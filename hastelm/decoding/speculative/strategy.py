@@ -20,6 +20,7 @@ from .cost import CostModel, cost_model
 from .proposers.base import Budget, Feedback, Proposer
 from .shadow import Shadows
 from .tree import DraftTree
+from ..sampling import greedy_tokens
 from .verify import Acceptance, accept_greedy, accept_sampling
 
 
@@ -128,7 +129,7 @@ class SpeculativeDecoding:
     def _accept(seq: Sequence, tree: DraftTree, logits: torch.Tensor) -> Acceptance:
         sampler, params = seq.sampler, seq.params
         if params.greedy and not params.has_penalties:
-            targets = logits.argmax(-1).tolist()          # one op for the whole tree
+            targets = greedy_tokens(logits)          # one call for the whole tree
             return accept_greedy(tree, lambda node, path: targets[node])
         if params.greedy:
             return accept_greedy(tree, lambda node, path: int(sampler.process(logits[node], seq.ids + path).argmax()))

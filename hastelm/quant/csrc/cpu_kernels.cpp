@@ -9,6 +9,7 @@
 #include <c10/util/BFloat16.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include "argmax.h"
 #include "decode_attention.h"
 #include "int4_kernel.h"
 #include "int8_kernel.h"
@@ -262,6 +263,23 @@ at::Tensor rope_qkv(const at::Tensor& qkv, const at::Tensor& rotations, at::Tens
   return q;
 }
 
+// x: float32 [R, V] contiguous. Returns each row's argmax as int64 [R] (torch.argmax(x, -1)).
+at::Tensor argmax_rows(const at::Tensor& x) {
+  TORCH_CHECK(cpu_supported(), "argmax_rows needs a CPU with AVX-512");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() &&
+              x.size(1) > 0, "x must be a contiguous float32 [R, V] CPU tensor with V > 0");
+  const int64_t R = x.size(0), V = x.size(1);
+  auto out = at::empty({R}, x.options().dtype(at::kLong));
+#ifdef HASTELM_X86
+  const float* xp = x.data_ptr<float>();
+  int64_t* op = out.data_ptr<int64_t>();
+  at::parallel_for(0, R, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) op[r] = hastelm_argmax::argmax_row(xp + r * V, V);
+  });
+#endif
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -272,4 +290,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMS norm of float32 rows times a weight");
   m.def("rope_qkv", &rope_qkv, "RoPE of q and k, k and v written to the cache, q returned in bf16");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of float32 [gate | up] rows");
+  m.def("argmax_rows", &argmax_rows, "the first index of each float32 row's maximum (NaN first)");
 }
