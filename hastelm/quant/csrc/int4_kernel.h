@@ -45,7 +45,9 @@ constexpr int kNibbleBytes = 256;   // 32 k x 16 columns of 4 bits
 // Bytes per (16 columns, group): nibbles, then 16 scales and 16 offsets of type S.
 template <class S>
 constexpr int group_bytes = kNibbleBytes + 2 * kBlockCols * static_cast<int>(sizeof(S));
-constexpr int kMaxRowTile = 4;      // rows sharing one decoded weight register
+// rows sharing one decoded weight register: a decode batch of 8 requests streams each weight
+// from memory once, with its compute, instead of once for rows 0-3 and again from L2 for 4-7
+constexpr int kMaxRowTile = 8;
 
 inline bool cpu_supported() {
 #ifdef HASTELM_X86
@@ -154,10 +156,10 @@ void run_tiles(const QuantRows& x, const uint8_t* w, int64_t ldw, float* y, int6
 }
 
 // Column blocks per tile for each row count: enough independent accumulators to hide the
-// dot-product latency without running out of the 32 vector registers.
+// dot-product latency without running out of the 32 vector registers (R x C sums and totals).
 template <class S, int R>
 void run_rows(const QuantRows& x, const uint8_t* w, int64_t ldw, float* y, int64_t ldy, int64_t blocks) {
-  constexpr int C = R == 1 ? 4 : R == 2 ? 4 : 2;
+  constexpr int C = R == 1 ? 4 : R == 2 ? 4 : R <= 4 ? 2 : 1;
   run_tiles<S, R, C>(x, w, ldw, y, ldy, blocks);
 }
 
@@ -188,7 +190,11 @@ void gemm_cols(const QuantRows& x, int64_t M, const uint8_t* w, int64_t b0, int6
         case 1: run_rows<S, 1>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
         case 2: run_rows<S, 2>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
         case 3: run_rows<S, 3>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
-        default: run_rows<S, 4>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
+        case 4: run_rows<S, 4>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
+        case 5: run_rows<S, 5>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
+        case 6: run_rows<S, 6>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
+        case 7: run_rows<S, 7>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
+        default: run_rows<S, 8>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
       }
       for (int r = 0; r < rows; ++r) {
         const int64_t off = (m + r) * N + s0 * kBlockCols;
