@@ -67,6 +67,25 @@ def test_long_prompt_is_prefilled_between_decode_steps(llm_fast):
         sched.stop()
 
 
+def test_scheduler_computes_with_its_own_thread_count(llm_fast):
+    """The forwards run on the scheduler thread with the team size it was given (the server keeps
+    its main thread at one: two OpenMP teams on two cores throttle each other's spin-waits)."""
+    import torch
+
+    main_threads = torch.get_num_threads()
+    wanted = 1 if main_threads > 1 else 2
+    seen: queue.Queue = queue.Queue()
+    sched = Scheduler(llm_fast, max_batch=1, max_queue=1, threads=wanted)
+    sched.start()
+    try:
+        sched.submit([Job(llm_fast.encode_prompt("Hi"), SamplingParams(max_tokens=1, temperature=0),
+                          lambda j, e: seen.put(torch.get_num_threads()))])     # runs on the scheduler thread
+        assert seen.get(timeout=30) == wanted
+    finally:
+        sched.stop()
+    assert torch.get_num_threads() == main_threads
+
+
 def test_client_disconnect_cancels_and_frees_the_slot(llm_fast):
     server = RunningServer(llm_fast, max_batch=2, max_queue=2)
     body = {"prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True, "stream": True}

@@ -14,13 +14,13 @@ import torch
 from ...kv.cache import KVCache
 from ...models.transformer import Transformer
 from ..plain import StepOutcome
+from ..sampling import greedy_tokens
 from ..sequence import Sequence
 from .controller import Controller, Request
 from .cost import CostModel, cost_model
 from .proposers.base import Budget, Feedback, Proposer
 from .shadow import Shadows
 from .tree import DraftTree
-from ..sampling import greedy_tokens
 from .verify import Acceptance, accept_greedy, accept_sampling
 
 
