@@ -165,6 +165,9 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   // a model with more than kMaxGroup of them splits each KV head's queries into several tasks
   const int64_t parts = (group + hastelm_attention::kMaxGroup - 1) / hastelm_attention::kMaxGroup;
   const int64_t per = (group + parts - 1) / parts;
+  const auto attend = D == 64 ? hastelm_attention::attend_group<4>    // head sizes with register accumulators
+                    : D == 128 ? hastelm_attention::attend_group<8>
+                    : D == 256 ? hastelm_attention::attend_group<16> : hastelm_attention::attend_group<0>;
   at::parallel_for(0, B * Hkv * parts, 1, [&](int64_t t0, int64_t t1) {
     hastelm_attention::Scratch scratch(static_cast<int>(per), longest, static_cast<int>(D));
     std::vector<float> result(per * D);
@@ -173,9 +176,6 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
       const int heads = static_cast<int>(std::min(per, (kv + 1) * group - h0));
       const int64_t base = (slot[b] * C) * ld + kv * D;
       const bool* row_visible = vis == nullptr ? nullptr : vis + b * visible.size(1);
-      const auto attend = D == 64 ? hastelm_attention::attend_group<4>
-                        : D == 128 ? hastelm_attention::attend_group<8>
-                        : D == 256 ? hastelm_attention::attend_group<16> : hastelm_attention::attend_group<0>;
       attend(qp + (b * Hq + h0) * D, heads, kp + base, vp + base, ld, len[b], row_visible, static_cast<int>(D),
              static_cast<float>(scale), scratch, result.data());
       store_bf16(result.data(), op + (b * Hq + h0) * D, heads * D);

@@ -170,32 +170,20 @@ inline void store_bf16(const float* src, uint16_t* dst, int64_t n) {
   }
 }
 
-// Output columns [16*b0, 16*b1) for all M quantized rows; y is [M, N] in bf16 or fp32. Columns
-// go in spans of about 256 KB of weights that stay in L2 while every row tile passes over them,
-// so a batch of decode rows (or a prefill chunk) streams the weight from memory once, not once
-// per four rows.
-template <class S>
-void gemm_cols(const QuantRows& x, int64_t M, const uint8_t* w, int64_t b0, int64_t b1, void* y,
-               int64_t N, bool out_bf16) {
-  const int64_t ldw = x.G * group_bytes<S>;
+// Output columns [16*b0, 16*b1) of y [M, N] (bf16 or fp32) for all M rows, shared by the int4
+// and int8 kernels. Columns go in spans of about 256 KB of weights (`ldw` bytes per column block)
+// that stay in L2 while every tile of up to `kRows` rows passes over them, so a batch of decode
+// rows (or a prefill chunk) streams the weight from memory once. `tile(m, rows, s0, s1, buf)`
+// computes rows [m, m + rows) for column blocks [s0, s1) into buf (row stride 16 * (s1 - s0)).
+template <int kRows, class Tile>
+void gemm_spans(int64_t M, int64_t ldw, int64_t b0, int64_t b1, void* y, int64_t N, bool out_bf16, Tile tile) {
   const int64_t span = std::max<int64_t>(1, (256 * 1024) / ldw);
-  std::vector<float> buf(kMaxRowTile * span * kBlockCols);
+  std::vector<float> buf(kRows * span * kBlockCols);
   for (int64_t s0 = b0; s0 < b1; s0 += span) {
     const int64_t s1 = std::min(b1, s0 + span), width = (s1 - s0) * kBlockCols;
-    const uint8_t* ws = w + s0 * ldw;
-    for (int64_t m = 0; m < M; m += kMaxRowTile) {
-      const int rows = static_cast<int>(std::min<int64_t>(kMaxRowTile, M - m));
-      const QuantRows xr = x.at(m);
-      switch (rows) {
-        case 1: run_rows<S, 1>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
-        case 2: run_rows<S, 2>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
-        case 3: run_rows<S, 3>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
-        case 4: run_rows<S, 4>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
-        case 5: run_rows<S, 5>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
-        case 6: run_rows<S, 6>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
-        case 7: run_rows<S, 7>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
-        default: run_rows<S, 8>(xr, ws, ldw, buf.data(), width, s1 - s0); break;
-      }
+    for (int64_t m = 0; m < M; m += kRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, M - m));
+      tile(m, rows, s0, s1, buf.data());
       for (int r = 0; r < rows; ++r) {
         const int64_t off = (m + r) * N + s0 * kBlockCols;
         if (out_bf16)
@@ -205,6 +193,28 @@ void gemm_cols(const QuantRows& x, int64_t M, const uint8_t* w, int64_t b0, int6
       }
     }
   }
+}
+
+// Output columns [16*b0, 16*b1) for all M quantized rows.
+template <class S>
+void gemm_cols(const QuantRows& x, int64_t M, const uint8_t* w, int64_t b0, int64_t b1, void* y,
+               int64_t N, bool out_bf16) {
+  const int64_t ldw = x.G * group_bytes<S>;
+  gemm_spans<kMaxRowTile>(M, ldw, b0, b1, y, N, out_bf16, [&](int64_t m, int rows, int64_t s0, int64_t s1, float* buf) {
+    const QuantRows xr = x.at(m);
+    const uint8_t* ws = w + s0 * ldw;
+    const int64_t width = (s1 - s0) * kBlockCols;
+    switch (rows) {
+      case 1: run_rows<S, 1>(xr, ws, ldw, buf, width, s1 - s0); break;
+      case 2: run_rows<S, 2>(xr, ws, ldw, buf, width, s1 - s0); break;
+      case 3: run_rows<S, 3>(xr, ws, ldw, buf, width, s1 - s0); break;
+      case 4: run_rows<S, 4>(xr, ws, ldw, buf, width, s1 - s0); break;
+      case 5: run_rows<S, 5>(xr, ws, ldw, buf, width, s1 - s0); break;
+      case 6: run_rows<S, 6>(xr, ws, ldw, buf, width, s1 - s0); break;
+      case 7: run_rows<S, 7>(xr, ws, ldw, buf, width, s1 - s0); break;
+      default: run_rows<S, 8>(xr, ws, ldw, buf, width, s1 - s0); break;
+    }
+  });
 }
 
 #pragma GCC pop_options

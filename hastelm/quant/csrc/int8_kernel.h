@@ -16,7 +16,7 @@
 // operand for k = 4p..4p+3 of all 16 columns.
 #pragma once
 
-#include "int4_kernel.h"   // HASTELM_X86, kBlockCols, kGroup, QuantRows, store_bf16
+#include "int4_kernel.h"   // HASTELM_X86, kBlockCols, kGroup, QuantRows, gemm_spans
 
 namespace hastelm_int8 {
 
@@ -79,36 +79,23 @@ void run_tiles(const Rows& x, const uint8_t* w, int64_t ldw, const float* scale,
     if (b < blocks) run_tiles<R, C / 2>(x, w + b * ldw, ldw, scale + b * kBlockCols, y + b * kBlockCols, ldy, blocks - b);
 }
 
-// Output columns [16*b0, 16*b1) for all M rows; y is [M, N] in bf16 or fp32. Columns go in spans
-// that stay in L2 while every row tile passes over them, so a prefill-sized M streams the weight
-// from memory once.
+// Output columns [16*b0, 16*b1) for all M rows, in L2-sized column spans (int4_kernel.h gemm_spans).
 inline void gemm_cols(const Rows& x, int64_t M, const uint8_t* w, const float* scale, int64_t b0, int64_t b1,
                       void* y, int64_t N, bool out_bf16) {
-  const int64_t K = x.q.K, ldw = K * kBlockCols;
-  const int64_t span = std::max<int64_t>(1, (256 * 1024) / ldw);
-  std::vector<float> buf(kMaxRowTile * span * kBlockCols);
-  for (int64_t s0 = b0; s0 < b1; s0 += span) {
-    const int64_t s1 = std::min(b1, s0 + span), width = (s1 - s0) * kBlockCols;
+  const int64_t ldw = x.q.K * kBlockCols;
+  hastelm_int4::gemm_spans<kMaxRowTile>(M, ldw, b0, b1, y, N, out_bf16,
+                                        [&](int64_t m, int rows, int64_t s0, int64_t s1, float* buf) {
+    const Rows xr{x.q.at(m), x.offset_share + m * x.q.G};
     const uint8_t* ws = w + s0 * ldw;
     const float* ss = scale + s0 * kBlockCols;
-    for (int64_t m = 0; m < M; m += kMaxRowTile) {
-      const int rows = static_cast<int>(std::min<int64_t>(kMaxRowTile, M - m));
-      const Rows xr{x.q.at(m), x.offset_share + m * x.q.G};
-      switch (rows) {
-        case 1: run_tiles<1>(xr, ws, ldw, ss, buf.data(), width, s1 - s0); break;
-        case 2: run_tiles<2>(xr, ws, ldw, ss, buf.data(), width, s1 - s0); break;
-        case 3: run_tiles<3>(xr, ws, ldw, ss, buf.data(), width, s1 - s0); break;
-        default: run_tiles<4>(xr, ws, ldw, ss, buf.data(), width, s1 - s0); break;
-      }
-      for (int r = 0; r < rows; ++r) {
-        const int64_t off = (m + r) * N + s0 * kBlockCols;
-        if (out_bf16)
-          hastelm_int4::store_bf16(buf.data() + r * width, static_cast<uint16_t*>(y) + off, width);
-        else
-          std::memcpy(static_cast<float*>(y) + off, buf.data() + r * width, width * sizeof(float));
-      }
+    const int64_t width = (s1 - s0) * kBlockCols;
+    switch (rows) {
+      case 1: run_tiles<1>(xr, ws, ldw, ss, buf, width, s1 - s0); break;
+      case 2: run_tiles<2>(xr, ws, ldw, ss, buf, width, s1 - s0); break;
+      case 3: run_tiles<3>(xr, ws, ldw, ss, buf, width, s1 - s0); break;
+      default: run_tiles<4>(xr, ws, ldw, ss, buf, width, s1 - s0); break;
     }
-  }
+  });
 }
 
 #pragma GCC pop_options
