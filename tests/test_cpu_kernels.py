@@ -315,3 +315,18 @@ def test_argmax_rows_matches_torch_including_ties_infinities_and_nan(kernel) -> 
     odd[4] = 0.5
     odd[5, 17] = odd[5, 33] = float("inf")
     assert kernels.argmax_rows(odd).tolist() == odd.argmax(-1).tolist() == [0, 5, 36, 3, 0, 17]
+
+
+@needs_kernel
+def test_topk_rows_matches_torch_and_orders_ties_by_index(kernel) -> None:
+    logits = torch.randn(5, 49152, generator=torch.Generator().manual_seed(4))
+    for k in (1, 8, 64):
+        assert torch.equal(kernels.topk_rows(logits, k), logits.topk(k, dim=-1).indices)
+    odd = torch.full((3, 37), -float("inf"))            # 37: a partial last vector
+    odd[0, [30, 2, 36, 9]] = torch.tensor([1.0, 1.0, 3.0, 1.0])   # ties: lower index first
+    odd[1, 4] = float("nan")                             # never chosen
+    odd[1, 20] = 0.0
+    odd[2] = torch.arange(37.0)
+    assert kernels.topk_rows(odd, 4).tolist() == [[36, 2, 9, 30], [20, -1, -1, -1], [36, 35, 34, 33]]
+    with pytest.raises(RuntimeError, match="k must be"):
+        kernels.topk_rows(odd, 65)

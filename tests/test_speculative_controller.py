@@ -125,3 +125,25 @@ def test_real_model_backs_off_to_plain_steps(llm_f32):
     assert seq.output_ids == plain.token_ids
     # the shadow statistics learn from the first proposals; afterwards no draft is verified
     assert sum(1 for v in verified[4:] if v) == 0, verified
+
+
+def test_a_busier_machine_scales_the_cost_curve_without_bending_it():
+    costs = CostModel({1: 1.0, 2: 1.1, 4: 1.4, 8: 2.0})
+    for _ in range(200):
+        costs.observe(1, 2.0)            # every plain step now takes twice as long
+    assert abs(costs.forward(1) - 2.0) < 0.01
+    assert abs(costs.forward(4) / costs.forward(1) - 1.4) < 1e-9
+
+
+def test_free_proposers_offer_only_trees_that_could_pay_here():
+    c = trained()
+    offered = {}
+
+    class Recording(TreeProposer):
+        def propose(self, seq, budget):
+            offered[budget.nodes] = True
+            return super().propose(seq, budget)
+
+    c.plan([Recording()], None, Budget(64, 64), STEEP, Shadows(), 0)
+    c.plan([Recording()], None, Budget(64, 64), FLAT, Shadows(), 0)
+    assert sorted(offered) == [16, 64]      # STEEP: a 17-token forward costs 3.7 steps, 25 tokens 5.5

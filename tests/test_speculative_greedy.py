@@ -139,7 +139,7 @@ def fast_references(llm_fast, prompts) -> list[list[int]]:
     return decode_batch(llm_fast, prompts, PARAMS, PlainDecoding()).outputs
 
 
-@pytest.mark.parametrize("name", ["pld@8", "recycling@8", "lookahead@8", "layerskip@2", "auto"])
+@pytest.mark.parametrize("name", ["pld@8", "recycling@8", "lookahead@8", "layerskip@2", "auto@8", "auto"])
 def test_fast_mode_speculation_is_bit_exact(llm_fast, prompts, fast_references, name):
     """Batch-independent matmul kernels and one-token attention over exactly each row's visible
     keys: speculation reproduces plain decoding token for token, with no tie allowance."""

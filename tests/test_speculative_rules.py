@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 
-from hastelm.decoding.speculative.proposers.trie import trie_tree
+from hastelm.decoding.speculative.proposers.trie import merge_trees, trie_tree
 from hastelm.decoding.speculative.tree import DraftTree
 from hastelm.decoding.speculative.verify import accept_greedy, accept_sampling
 
@@ -65,6 +65,17 @@ def test_trie_merges_shared_prefixes_best_first():
     assert tree.tokens == [1, 2, 3, 4, 5] and tree.parents == [0, 1, 2, 2, 0]
     assert trie_tree([[1, 2, 3], [5]], max_nodes=2, max_depth=10).tokens == [1, 2]
     assert trie_tree([[1, 2, 3]], max_nodes=10, max_depth=2).tokens == [1, 2]
+
+
+def test_merged_trees_share_common_paths_and_keep_the_first_trees_nodes_first():
+    first = DraftTree([10, 11, 12], [0, 1, 2])                    # a chain 10 11 12
+    merged = merge_trees([first, sample_tree()], max_nodes=10, kind="k")
+    # sample_tree's 10 and 11 are the chain's; its 13, 20, 21 and 11's child 12 (the chain's) join
+    assert merged.tokens == [10, 11, 12, 20, 13, 21] and merged.parents == [0, 1, 2, 0, 1, 4]
+    assert merged.kind == "k"
+    assert merge_trees([first, sample_tree()], max_nodes=4).tokens == [10, 11, 12, 20]
+    for path in ([10, 11, 12], [10, 13], [20, 21]):               # every path of either tree
+        assert len(merged.match(path)[0]) == len(path)
 
 
 # ---- greedy ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InvalidParameterError
-from ..quant.kernels import argmax_rows, native
+from ..quant.kernels import argmax_rows, native, topk_rows
 
 # Below this temperature sampling is argmax in all but name, and dividing by it overflows float32.
 GREEDY_BELOW_TEMPERATURE = 1e-5
@@ -133,6 +133,14 @@ def greedy_tokens(logits: torch.Tensor) -> list[int]:
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and native() is not None:
         return argmax_rows(logits).tolist()
     return logits.argmax(-1).tolist()
+
+
+def top_tokens(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices `[R, k]` of each row's k largest logits, largest first (hastelm's CPU kernel for
+    float32 rows: ~10x torch.topk, lower index first among equal logits)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and native() is not None and k <= 64:
+        return topk_rows(logits, k)
+    return logits.topk(k, dim=-1).indices
 
 
 def _one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:

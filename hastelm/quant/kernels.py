@@ -156,6 +156,13 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
     return _kernels().argmax_rows(logits.contiguous())
 
 
+def topk_rows(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices `[R, k]` of each float32 row's k largest logits, largest first, lower index first
+    among equals; -inf and NaN entries are never chosen (-1 fills a row short of others).
+    One pass per row (csrc/argmax.h) instead of torch.topk's ~85 us per 49k-entry row."""
+    return _kernels().topk_rows(logits.contiguous(), k)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """`F.rms_norm(x, (D,), weight, eps)` for float32 rows in one native call (csrc/rms_norm.h)."""
     return _kernels().rms_norm(x.contiguous(), weight, eps)

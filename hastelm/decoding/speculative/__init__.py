@@ -9,7 +9,8 @@ Names accepted by `make_strategy` (and `LLM(speculative=...)`, `--speculative`):
     lookahead        Jacobi window + n-gram pool
     layerskip        the target with some layers skipped drafts for itself
     draft:MODEL      a smaller model with the same tokenizer (alias, .gguf or HF folder)
-    auto             pld + recycling + lookahead, the controller picks per step
+    auto             one tree of pld's drafts, then recycling's; the controller picks how much
+                     of it to verify each step, or a plain step
 
 `NAME@N` (e.g. `recycling@8`) skips the controller and verifies up to N draft nodes every step:
 for experiments and tests; it can be slower than plain decoding.
@@ -65,8 +66,14 @@ def make_strategy(name: str, llm: Any, controller: Controller | None = None) -> 
         controller = controller or Controller(fixed=int(size))
     else:
         method = name
-    names = ["pld", "recycling", "lookahead"] if method == "auto" else [method]
-    return SpeculativeDecoding(name, [make_proposer(n, llm) for n in names], controller)
+    if method == "auto":
+        from .proposers.merged import Merged
+        # lookahead's pool holds the context's n-grams, as pld's index does, and its Jacobi
+        # window advances only when its own tree is verified: in auto it added cost, not tokens
+        proposers = [Merged([make_proposer("pld", llm), make_proposer("recycling", llm)])]
+    else:
+        proposers = [make_proposer(method, llm)]
+    return SpeculativeDecoding(name, proposers, controller)
 
 
 __all__ = ["make_strategy", "make_proposer", "SpeculativeDecoding", "Controller", "NAMES"]

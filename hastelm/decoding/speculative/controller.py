@@ -27,6 +27,7 @@ MARGIN = 0.02          # speculate only when it is predicted to win by more than
 PROBE_START = 16       # plain steps before a backed-off costly proposer is tried again
 PROBE_MAX = 1024
 RATE = 0.1             # running averages of measured times
+USEFUL_COST = 4.0      # free proposers offer trees up to the size whose forward costs this many steps
 
 
 @dataclass
@@ -96,7 +97,12 @@ class Controller:
         return best
 
     def _plan_free(self, p: Proposer, r: Request) -> tuple[DraftTree | None, int, float]:
-        tree = p.propose(r.seq, r.budget)
+        budget = r.budget
+        if self.fixed is None and r.costs is not None:
+            # no larger tree than could ever pay here: building and scoring 64 nodes every step
+            # costs a 2-core CPU more than the 16 it might verify
+            budget = Budget(min(budget.nodes, self._useful_nodes(r.costs)), budget.depth, budget.cache)
+        tree = p.propose(r.seq, budget)
         if tree is None or not len(tree):
             return None, 0, 0.0
         stats = self.stats_for(p, tree.kind)
@@ -154,6 +160,12 @@ class Controller:
                 requests[i].shadows.add(stats, tree, requests[i].root)
                 results[i] = (tree, len(tree), choices[i][1])
         return results
+
+    def _useful_nodes(self, costs: CostModel) -> int:
+        """The largest tree size whose forward costs at most USEFUL_COST one-token forwards."""
+        one = costs.forward(1)
+        fits = [m for m in SIZES if m <= self.max_nodes and costs.forward(m + 1) <= USEFUL_COST * one]
+        return max(fits, default=SIZES[0])
 
     def _best_size(self, stats: PrefixStats | ChainStats, costs: CostModel, limit: int,
                    draft_s: float) -> tuple[int, float]:

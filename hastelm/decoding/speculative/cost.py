@@ -17,7 +17,7 @@ from ...kv.cache import KVCache
 from ...models.transformer import Transformer
 
 POINTS = (1, 2, 4, 8, 16, 32, 64)
-REPEATS = 3
+REPEATS = 5
 STEEP = 6.0             # stop measuring once a forward costs this many 1-token forwards: never pays
 TRACK_RATE = 0.05       # weight of one observed step in the running cost
 
@@ -26,9 +26,13 @@ class CostModel:
     def __init__(self, seconds: dict[int, float]) -> None:
         self.points = sorted(seconds)
         self.seconds = dict(seconds)
+        self.load = 1.0        # how much slower than when measured the machine runs now
 
     def forward(self, tokens: int) -> float:
         """Seconds for one forward over `tokens` new tokens (interpolated between measured points)."""
+        return self.load * self._measured(tokens)
+
+    def _measured(self, tokens: int) -> float:
         pts = self.points
         if tokens <= pts[0]:
             return self.seconds[pts[0]]
@@ -43,13 +47,14 @@ class CostModel:
         return self.seconds[hi] + slope * (tokens - hi)
 
     def observe(self, tokens: int, seconds: float) -> None:
-        """Track a measured step: move the nearest measured point towards what it implies."""
-        predicted = self.forward(tokens)
-        if predicted <= 0:
+        """Track a measured step. Other processes slow every size alike, so a step moves one load
+        factor, never the curve's shape: moving single points let noise on the sizes that run
+        often bend it (a 4-token forward once read as dear as a 16-token one)."""
+        measured = self._measured(tokens)
+        if measured <= 0:
             return
-        ratio = min(max(seconds / predicted, 0.33), 3.0)     # one stalled step must not dominate
-        near = min(self.points, key=lambda p: abs(p - tokens))
-        self.seconds[near] *= ratio ** TRACK_RATE
+        ratio = min(max(seconds / measured, 0.33), 3.0)      # one stalled step must not dominate
+        self.load *= (ratio / self.load) ** TRACK_RATE
 
 
 _MODELS: weakref.WeakKeyDictionary[Transformer, CostModel] = weakref.WeakKeyDictionary()
@@ -63,27 +68,35 @@ def cost_model(model: Transformer, cache: KVCache, slot: int, max_tokens: int) -
 
 
 def measure(model: Transformer, cache: KVCache, slot: int, max_tokens: int) -> CostModel:
-    """Time forwards of T tokens after the slot's cached prefix, then trim them away."""
+    """Time forwards of T tokens after the slot's cached prefix, then trim them away.
+
+    The sizes take turns, round after round, and each keeps its best time: a stretch of noise
+    from other processes then slows every size alike instead of skewing the curve's shape."""
     room = cache.capacity - cache.length(slot)
     points = [t for t in POINTS if t <= min(max_tokens, room)] or [1]
     base = cache.length(slot)
     dev = model.device
-    seconds: dict[int, float] = {}
-    for t in points:
+
+    def run(t: int) -> float:
         tokens = torch.zeros(1, t, dtype=torch.long, device=dev)
         positions = torch.arange(base, base + t, device=dev)[None]
         mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril() if t > 1 else None
-        best = float("inf")
-        for _ in range(REPEATS + 1):          # the first run warms caches and allocators
-            _sync(dev)
-            t0 = time.perf_counter()
-            model(tokens, positions, cache, slots=[slot], tree_mask=mask)
-            _sync(dev)
-            best = min(best, time.perf_counter() - t0)
-            cache.trim(t, slot)
-        seconds[t] = best
-        if best > STEEP * seconds[points[0]]:
-            break
+        _sync(dev)
+        t0 = time.perf_counter()
+        model(tokens, positions, cache, slots=[slot], tree_mask=mask)
+        _sync(dev)
+        seconds = time.perf_counter() - t0
+        cache.trim(t, slot)
+        return seconds
+
+    seconds = {t: run(t) for t in points}           # warms caches and allocators
+    seconds = {t: float("inf") for t in points}
+    for _ in range(REPEATS):
+        for t in list(seconds):
+            seconds[t] = min(seconds[t], run(t))
+            if seconds[t] > STEEP * seconds[points[0]]:    # this size never pays: stop here
+                seconds = {p: s for p, s in seconds.items() if p <= t}
+                break
     # a bigger forward never costs less than a smaller one; noise can say otherwise
     measured = sorted(seconds)
     for lo, hi in zip(measured, measured[1:]):

@@ -280,6 +280,25 @@ at::Tensor argmax_rows(const at::Tensor& x) {
   return out;
 }
 
+// x: float32 [R, V] contiguous. Returns int64 [R, k]: each row's k largest entries' indices,
+// largest first, lower index first among equals (argmax.h topk_row).
+at::Tensor topk_rows(const at::Tensor& x, int64_t k) {
+  TORCH_CHECK(cpu_supported(), "topk_rows needs a CPU with AVX-512");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "x must be a contiguous float32 [R, V] CPU tensor");
+  TORCH_CHECK(k >= 1 && k <= hastelm_argmax::kMaxTopK && k <= x.size(1), "k must be in 1..min(64, V)");
+  const int64_t R = x.size(0), V = x.size(1);
+  auto out = at::empty({R, k}, x.options().dtype(at::kLong));
+#ifdef HASTELM_X86
+  const float* xp = x.data_ptr<float>();
+  int64_t* op = out.data_ptr<int64_t>();
+  at::parallel_for(0, R, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) hastelm_argmax::topk_row(xp + r * V, V, static_cast<int>(k), op + r * k);
+  });
+#endif
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -290,5 +309,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMS norm of float32 rows times a weight");
   m.def("rope_qkv", &rope_qkv, "RoPE of q and k, k and v written to the cache, q returned in bf16");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of float32 [gate | up] rows");
+  m.def("topk_rows", &topk_rows, "indices of each float32 row's k largest entries, largest first");
   m.def("argmax_rows", &argmax_rows, "the first index of each float32 row's maximum (NaN first)");
 }

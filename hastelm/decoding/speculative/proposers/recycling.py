@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ....errors import InvalidParameterError
+from ...sampling import top_tokens
 from ...sequence import Sequence
 from ..tree import DraftTree
 from .base import Budget, Feedback
@@ -67,8 +68,10 @@ class TokenRecycling:
         depth = [0]
         rows: dict[int, list[int]] = {}
         for t_parent, rank in self.template:
+            if len(tokens) >= budget.nodes:
+                break
             parent = node_of[t_parent]
-            if parent < 0 or len(tokens) >= budget.nodes or depth[parent] >= budget.depth:
+            if parent < 0 or depth[parent] >= budget.depth:
                 node_of.append(-1)
                 continue
             ptok = node_tok[parent]
@@ -87,29 +90,35 @@ class TokenRecycling:
             node_of.append(len(tokens))
         if not tokens:
             return None
-        seq.strategy_state[self.name] = (tokens, ranks)
-        return DraftTree(tokens, parents)
+        tree = DraftTree(tokens, parents)
+        seq.strategy_state[self.name] = (tree, ranks)
+        return tree
 
     # ---- learning ----------------------------------------------------------------------------
     def update(self, seq: Sequence, feedback: Feedback) -> None:
-        top = feedback.logits.topk(self.k, dim=-1).indices.cpu().numpy().astype(np.int32)
+        top = top_tokens(feedback.logits, self.k).cpu().numpy().astype(np.int32)
         self.matrix[feedback.node_tokens] = top
-        mine = seq.strategy_state.get(self.name)
-        tree = feedback.tree
-        if mine and len(tree) and mine[0][:len(tree)] == tree.tokens:
-            self._count_ranks(tree, mine[1], feedback.acceptance.nodes)
+        mine = seq.strategy_state.pop(self.name, None)
+        if mine:   # score this step's own proposal, whether or not it was the tree verified
+            self._count_ranks(*mine, feedback.acceptance.tokens)
         self.updates += 1
         if self.updates % REBUILD_EVERY == 0:
             self.template = build_template(list(self.hits / self.trials), self.template_size)
 
-    def _count_ranks(self, tree: DraftTree, ranks: list[int], accepted: list[int]) -> None:
-        """For each accepted node, which ranks its verified children had and which one was taken."""
-        for depth, node in enumerate([0, *accepted]):
-            taken = accepted[depth] if depth < len(accepted) else -1
-            for child in tree.children[node].values():
+    def _count_ranks(self, tree: DraftTree, ranks: list[int], truth: list[int]) -> None:
+        """Walk the proposed tree along the tokens that really followed the root: at each node
+        reached, which ranks its children had and which one (if any) was taken."""
+        node = 0
+        for tok in truth:
+            kids = tree.children[node]
+            taken = kids.get(tok, -1)
+            for child in kids.values():
                 self.trials[ranks[child - 1]] += 1
                 if child == taken:
                     self.hits[ranks[child - 1]] += 1
+            if taken < 0:
+                return
+            node = taken
 
     def release(self, seq: Sequence) -> None:
         seq.strategy_state.pop(self.name, None)
