@@ -330,3 +330,29 @@ def test_topk_rows_matches_torch_and_orders_ties_by_index(kernel) -> None:
     assert kernels.topk_rows(odd, 4).tolist() == [[36, 2, 9, 30], [20, -1, -1, -1], [36, 35, 34, 33]]
     with pytest.raises(RuntimeError, match="k must be"):
         kernels.topk_rows(odd, 65)
+
+
+@needs_kernel
+def test_decode_attention_rows_of_one_slot_share_a_task_and_match_each_row_alone(kernel) -> None:
+    """A prompt chunk's or a draft tree's rows read one slot's keys together (one task widens them
+    once); each row's result must still be bit-identical to the row computed alone."""
+    g = torch.Generator().manual_seed(6)
+    kv_heads, head_dim, q_heads, capacity = 3, 64, 9, 90
+    keys = torch.randn(2, capacity, kv_heads, head_dim, generator=g).bfloat16()
+    values = torch.randn(2, capacity, kv_heads, head_dim, generator=g).bfloat16()
+    # 23 rows of slot 1 with growing lengths (causal), some with hidden keys (tree), then 2 of slot 0
+    lengths = [50 + i for i in range(23)] + [17, 18]
+    row_slots = [1] * 23 + [0, 0]
+    visible = torch.rand(25, capacity, generator=g) < 0.7
+    for r, n in enumerate(lengths):
+        visible[r, n - 1] = True                 # a row always sees itself
+    visible[::3] = True                          # and some see all their keys
+    q = torch.randn(25, q_heads, head_dim, generator=g).bfloat16()
+    together = attend(q, keys, values, row_slots, lengths, visible)
+    for r in range(25):
+        alone = attend(q[r:r + 1], keys, values, row_slots[r:r + 1], lengths[r:r + 1], visible[r:r + 1])
+        assert torch.equal(together[r], alone[0]), r
+    unmasked = attend(q, keys, values, row_slots, lengths, None)
+    for r in (0, 11, 22, 24):
+        alone = attend(q[r:r + 1], keys, values, row_slots[r:r + 1], lengths[r:r + 1], None)
+        assert torch.equal(unmasked[r], alone[0]), r

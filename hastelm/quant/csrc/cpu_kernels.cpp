@@ -161,24 +161,49 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   const bool* vis = masked ? visible.data_ptr<bool>() : nullptr;
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
   const int64_t ld = Hkv * D, group = Hq / Hkv;
-  // one task per (row, KV head): the query heads sharing a KV head read its keys and values once;
-  // a model with more than kMaxGroup of them splits each KV head's queries into several tasks
+  // a model with more than kMaxGroup query heads per KV head splits each KV head's queries into
+  // several tasks of one row; otherwise a task takes up to kMaxGroup / group consecutive rows of
+  // one slot (a draft tree's nodes, a prompt chunk's tokens), which read the same keys and values
   const int64_t parts = (group + hastelm_attention::kMaxGroup - 1) / hastelm_attention::kMaxGroup;
   const int64_t per = (group + parts - 1) / parts;
+  const int64_t max_rows = parts > 1 ? 1 : hastelm_attention::kMaxGroup / group;
+  // blocks of rows: runs of one slot, cut so that there are about two tasks per thread
+  std::vector<std::pair<int64_t, int64_t>> blocks;     // (first row, rows)
+  const int64_t want = std::max<int64_t>(1, (2 * at::get_num_threads() + Hkv * parts - 1) / (Hkv * parts));
+  for (int64_t b0 = 0; b0 < B;) {
+    int64_t b1 = b0 + 1;
+    while (b1 < B && slot[b1] == slot[b0]) ++b1;
+    const int64_t pieces = std::max((b1 - b0 + max_rows - 1) / max_rows, std::min(want, b1 - b0));
+    const int64_t size = (b1 - b0 + pieces - 1) / pieces;
+    for (int64_t r = b0; r < b1; r += size) blocks.emplace_back(r, std::min(size, b1 - r));
+    b0 = b1;
+  }
+  int64_t widest = 1;      // rows in the largest block: the scratch (zero-filled) is sized for it
+  for (const auto& block : blocks) widest = std::max(widest, block.second);
   const auto attend = D == 64 ? hastelm_attention::attend_group<4>    // head sizes with register accumulators
                     : D == 128 ? hastelm_attention::attend_group<8>
                     : D == 256 ? hastelm_attention::attend_group<16> : hastelm_attention::attend_group<0>;
-  at::parallel_for(0, B * Hkv * parts, 1, [&](int64_t t0, int64_t t1) {
-    hastelm_attention::Scratch scratch(static_cast<int>(per), longest, static_cast<int>(D));
-    std::vector<float> result(per * D);
+  const int64_t tasks = static_cast<int64_t>(blocks.size()) * Hkv * parts;
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    hastelm_attention::Scratch scratch(static_cast<int>(widest * per), longest, static_cast<int>(D));
+    std::vector<float> result(widest * per * D);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / (Hkv * parts), kv = (t / parts) % Hkv, h0 = kv * group + (t % parts) * per;
+      const auto [first, count] = blocks[t / (Hkv * parts)];
+      const int64_t kv = (t / parts) % Hkv, h0 = kv * group + (t % parts) * per;
       const int heads = static_cast<int>(std::min(per, (kv + 1) * group - h0));
-      const int64_t base = (slot[b] * C) * ld + kv * D;
-      const bool* row_visible = vis == nullptr ? nullptr : vis + b * visible.size(1);
-      attend(qp + (b * Hq + h0) * D, heads, kp + base, vp + base, ld, len[b], row_visible, static_cast<int>(D),
-             static_cast<float>(scale), scratch, result.data());
-      store_bf16(result.data(), op + (b * Hq + h0) * D, heads * D);
+      hastelm_attention::Rows rows;
+      rows.count = static_cast<int>(count);
+      for (int64_t r = 0; r < count; ++r) {
+        const int64_t b = first + r;
+        rows.q[r] = qp + (b * Hq + h0) * D;
+        rows.length[r] = len[b];
+        rows.visible[r] = vis == nullptr ? nullptr : vis + b * visible.size(1);
+      }
+      const int64_t base = (slot[first] * C) * ld + kv * D;
+      attend(rows, heads, kp + base, vp + base, ld, static_cast<int>(D), static_cast<float>(scale), scratch,
+             result.data());
+      for (int64_t r = 0; r < count; ++r)
+        store_bf16(result.data() + r * heads * D, op + ((first + r) * Hq + h0) * D, heads * D);
     }
   });
 #endif

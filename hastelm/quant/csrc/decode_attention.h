@@ -26,7 +26,7 @@ using hastelm_vec::exp16;
 using hastelm_vec::load_bf16;
 
 constexpr int kMaxHeadDim = 256;
-constexpr int kMaxGroup = 16;       // query heads per KV head the kernel takes
+constexpr int kMaxGroup = 32;       // query heads (of one or more rows) per KV head in one task
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
@@ -66,32 +66,59 @@ struct Scratch {
         values(keys + 16 * D) {}
 };
 
-// The G query heads q [G, D] that share one KV head; key/value position i at k + i * ld, v + i * ld;
-// `visible` (n flags) or null = all. `out` receives G x D fp32 values. D is a multiple of 16.
+// Query rows of one cache slot that a task takes together: row r has `heads` query heads at
+// q[r] (D values each), reads positions [0, length[r]) where visible[r] (null = all) allows.
+struct Rows {
+  const uint16_t* q[kMaxGroup];
+  int64_t length[kMaxGroup];
+  const bool* visible[kMaxGroup];
+  int count = 0;
+};
+
+// The query heads that share one KV head, for one or more rows of one slot (a decode step, a
+// draft tree's nodes, a prompt chunk's tokens): G = rows.count * heads; key/value position i at
+// k + i * ld, v + i * ld. `out` receives G x D fp32 values, row by row. D is a multiple of 16.
 // Each head gets exactly the arithmetic it would get alone (scores per 16 keys as one FMA chain per
 // key, visible keys compacted in cache order, even and odd keys in two accumulator sets); sharing
-// only saves work: every key and value is widened from bf16 once for the group, not once per head.
+// only saves work: every key and value is widened from bf16 once for the task, not once per head
+// and row, and keys beyond a row's length score -inf for it like hidden ones.
 template <int CT>   // D / 16 when known at compile time (accumulators then stay in registers), else 0
-void attend_group(const uint16_t* q, int G, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n,
-                         const bool* visible, int D, float scale, Scratch& w, float* out) {
+void attend_group(const Rows& rows, int heads, const uint16_t* k, const uint16_t* v, int64_t ld,
+                  int D, float scale, Scratch& w, float* out) {
   const int C = CT > 0 ? CT : D / 16;
+  const int G = rows.count * heads;
+  int64_t n = 0;
+  for (int r = 0; r < rows.count; ++r) n = std::max(n, rows.length[r]);
   const __m512 hidden = _mm512_set1_ps(-INFINITY), sc = _mm512_set1_ps(scale);
   __m512 top[kMaxGroup];
-  for (int h = 0; h < G; ++h) top[h] = hidden;
-  // scores 16 keys at a time; hidden keys (and lanes past n) are -inf
+  int row_of[kMaxGroup];                 // per head, looked up rather than divided in the hot loop
+  const uint16_t* q_of[kMaxGroup];
+  for (int h = 0; h < G; ++h) {
+    top[h] = hidden;
+    row_of[h] = h / heads;
+    q_of[h] = rows.q[row_of[h]] + (h % heads) * D;
+  }
+  // scores 16 keys at a time; hidden keys (and lanes past a row's length) are -inf
   for (int64_t i = 0; i < n; i += 16) {
     const int count = n - i >= 16 ? 16 : static_cast<int>(n - i);
     const __mmask16 lanes = count == 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
-    __mmask16 live = lanes;
-    if (visible != nullptr) {
-      const __m128i flags = _mm_maskz_loadu_epi8(live, visible + i);
-      live &= _mm_cmpneq_epi8_mask(flags, _mm_setzero_si128());
+    __mmask16 live_of[kMaxGroup];
+    for (int r = 0; r < rows.count; ++r) {
+      const int64_t own = std::clamp<int64_t>(rows.length[r] - i, 0, 16);
+      __mmask16 live = lanes & static_cast<__mmask16>(own == 16 ? 0xFFFF : (1u << own) - 1);
+      if (rows.visible[r] != nullptr && live) {
+        const __m128i flags = _mm_maskz_loadu_epi8(live, rows.visible[r] + i);
+        live &= _mm_cmpneq_epi8_mask(flags, _mm_setzero_si128());
+      }
+      live_of[r] = live;
     }
     for (int j = 0; j < count; ++j)
       for (int c = 0; c < C; ++c) _mm512_store_ps(w.keys + j * D + 16 * c, load_bf16(k + (i + j) * ld + 16 * c));
     for (int h = 0; h < G; ++h) {
+      const __mmask16 live = live_of[row_of[h]];
+      const uint16_t* q = q_of[h];
       __m512 qv[CT > 0 ? CT : kMaxHeadDim / 16];
-      for (int c = 0; c < C; ++c) qv[c] = load_bf16(q + h * D + 16 * c);
+      for (int c = 0; c < C; ++c) qv[c] = load_bf16(q + 16 * c);
       __m512 acc[16];
       for (int j = 0; j < 16; ++j) {
         acc[j] = _mm512_setzero_ps();
@@ -146,8 +173,9 @@ void attend_group(const uint16_t* q, int G, const uint16_t* k, const uint16_t* v
   int64_t cursor[kMaxGroup] = {};
   for (int64_t i0 = 0; i0 < n; i0 += kValueChunk) {
     const int64_t i1 = std::min<int64_t>(n, i0 + kValueChunk);
+    const bool* only = rows.count == 1 ? rows.visible[0] : nullptr;   // skip what no row reads
     for (int64_t i = i0; i < i1; ++i)
-      if (visible == nullptr || visible[i])
+      if (only == nullptr || only[i])
         for (int c = 0; c < C; ++c)
           _mm512_store_ps(w.values + (i - i0) * D + 16 * c, load_bf16(v + i * ld + 16 * c));
     for (int h = 0; h < G; ++h) {
