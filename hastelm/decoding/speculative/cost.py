@@ -89,7 +89,8 @@ def measure(model: Transformer, cache: KVCache, slot: int, max_tokens: int) -> C
         cache.trim(t, slot)
         return seconds
 
-    seconds = {t: run(t) for t in points}           # warms caches and allocators
+    for t in points:                                # warms caches and allocators
+        run(t)
     seconds = {t: float("inf") for t in points}
     for _ in range(REPEATS):
         for t in list(seconds):
