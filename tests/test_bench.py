@@ -7,6 +7,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from hastelm.bench.aggregate import workload_rows
@@ -274,3 +275,24 @@ def test_transformers_adapter_on_a_tiny_random_model(tmp_path, method):
     assert len(free.tokens) == 8
     stopped = engine.generate([1, 5, 6, 7, 5, 6], 8, {free.tokens[3]})
     assert stopped.tokens == free.tokens[:free.tokens.index(free.tokens[3])]
+
+
+def test_replay_prices_a_repetitive_output_and_the_oracle_bounds_the_controller():
+    """The offline replay: drafts that are always right give long accepted runs, and the oracle's
+    choice of tree size (it knows the outcome) never does worse than the controller's."""
+    from hastelm.bench.replay import Record, ranking_logits, replay
+    from hastelm.decoding.speculative.cost import CostModel
+    from hastelm.decoding.speculative.proposers.pld import PromptLookup
+
+    pattern = list(range(3, 23))
+    prompt, output = pattern * 3, pattern * 4
+    full = prompt + output
+    top = torch.tensor([[full[i + 1] if i + 1 < len(full) else 0, *range(30, 37)] for i in range(len(full))])
+    assert ranking_logits(top[:2], 64).argmax(-1).tolist() == [full[1], full[2]]
+    costs = CostModel({1: 1.0, 2: 1.05, 4: 1.15, 8: 1.3, 16: 1.6, 32: 2.2, 64: 3.5})
+    record = Record("repeat", prompt, output, top)
+    live = replay([record], PromptLookup, costs, 0.0, vocab=64).by_category["repeat"]
+    best = replay([record], PromptLookup, costs, 0.0, vocab=64, oracle=True).by_category["repeat"]
+    assert live.tokens == best.tokens == len(output) - 1       # the first token came with the prompt
+    assert live.tokens / live.steps > 3                       # plain decoding: 1
+    assert best.plain_seconds / best.seconds >= live.plain_seconds / live.seconds > 2
