@@ -130,7 +130,7 @@ def replay(records: list[Record], make: Callable[[], Proposer], costs: CostModel
 def _oracle_tree(proposer: Proposer, controller: Controller, seq: SimpleNamespace, budget: Budget,
                  truth: list[int], costs: CostModel, overhead_s: float) -> DraftTree:
     """The prefix of the proposer's tree that pays best, knowing what will be accepted."""
-    nodes = min(budget.nodes, controller._useful_nodes(costs))
+    nodes = min(budget.nodes, controller.useful_nodes(costs))
     tree = proposer.propose(seq, Budget(nodes, budget.depth, None))
     best, best_value = 0, 1.0 / costs.forward(1)
     if tree is not None and len(tree):

@@ -101,7 +101,7 @@ class Controller:
         if self.fixed is None and r.costs is not None:
             # no larger tree than could ever pay here: building and scoring 64 nodes every step
             # costs a 2-core CPU more than the 16 it might verify
-            budget = Budget(min(budget.nodes, self._useful_nodes(r.costs)), budget.depth, budget.cache)
+            budget = Budget(min(budget.nodes, self.useful_nodes(r.costs)), budget.depth, budget.cache)
         tree = p.propose(r.seq, budget)
         if tree is None or not len(tree):
             return None, 0, 0.0
@@ -161,7 +161,7 @@ class Controller:
                 results[i] = (tree, len(tree), choices[i][1])
         return results
 
-    def _useful_nodes(self, costs: CostModel) -> int:
+    def useful_nodes(self, costs: CostModel) -> int:
         """The largest tree size whose forward costs at most USEFUL_COST one-token forwards."""
         one = costs.forward(1)
         fits = [m for m in SIZES if m <= self.max_nodes and costs.forward(m + 1) <= USEFUL_COST * one]
