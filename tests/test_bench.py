@@ -291,8 +291,8 @@ def test_replay_prices_a_repetitive_output_and_the_oracle_bounds_the_controller(
     assert ranking_logits(top[:2], 64).argmax(-1).tolist() == [full[1], full[2]]
     costs = CostModel({1: 1.0, 2: 1.05, 4: 1.15, 8: 1.3, 16: 1.6, 32: 2.2, 64: 3.5})
     record = Record("repeat", prompt, output, top)
-    live = replay([record], PromptLookup, costs, 0.0, vocab=64).by_category["repeat"]
-    best = replay([record], PromptLookup, costs, 0.0, vocab=64, oracle=True).by_category["repeat"]
+    live = replay([record], PromptLookup, costs, 0.0, vocab=64)["repeat"]
+    best = replay([record], PromptLookup, costs, 0.0, vocab=64, oracle=True)["repeat"]
     assert live.tokens == best.tokens == len(output) - 1       # the first token came with the prompt
     assert live.tokens / live.steps > 3                       # plain decoding: 1
     assert best.plain_seconds / best.seconds >= live.plain_seconds / live.seconds > 2

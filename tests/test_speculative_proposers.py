@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import torch
 
+from hastelm.bench.replay import ranking_logits
 from hastelm.decoding.speculative.proposers.base import Budget, Feedback
 from hastelm.decoding.speculative.proposers.merged import Merged
 from hastelm.decoding.speculative.proposers.pld import PromptLookup
@@ -17,15 +18,6 @@ def seq(ids: list[int]) -> SimpleNamespace:
     return SimpleNamespace(ids=ids, pending=ids[-1], strategy_state={})
 
 
-def logits_ranking(rows: list[list[int]], vocab: int = 10) -> torch.Tensor:
-    """Logit rows whose top tokens, in order, are `rows[i]`."""
-    out = torch.zeros(len(rows), vocab)
-    for r, tokens in enumerate(rows):
-        for rank, tok in enumerate(tokens):
-            out[r, tok] = 10.0 - rank
-    return out
-
-
 def test_recycling_learns_rank_acceptance_from_steps_that_verified_another_tree():
     rec = TokenRecycling(vocab_size=10, k=2, template_size=4)
     rec.matrix[1] = [2, 3]
@@ -34,7 +26,7 @@ def test_recycling_learns_rank_acceptance_from_steps_that_verified_another_tree(
     assert tree.tokens[:2] == [2, 3]          # token 1's successors, rank 0 then rank 1
     trials, hits = rec.trials.copy(), rec.hits.copy()
     # a plain step (nothing verified) found that 3, rank 1, followed the pending token
-    rec.update(s, Feedback(DraftTree([], []), logits_ranking([[3, 4]]), Acceptance([], [3]), 1, 1))
+    rec.update(s, Feedback(DraftTree([], []), ranking_logits(torch.tensor([[3, 4]]), 10), Acceptance([], [3]), 1, 1))
     assert list(rec.trials - trials) == [1, 1] and list(rec.hits - hits) == [0, 1]
     assert list(rec.matrix[1]) == [3, 4]      # and the root's row follows the target's logits
 

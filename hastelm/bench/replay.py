@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
@@ -25,7 +25,7 @@ from rich.table import Table
 from ..decoding.sampling import SamplingParams
 from ..decoding.speculative import make_proposer
 from ..decoding.speculative.controller import Controller, Request
-from ..decoding.speculative.cost import CostModel, measure
+from ..decoding.speculative.cost import CostModel
 from ..decoding.speculative.proposers.base import Budget, Feedback, Proposer
 from ..decoding.speculative.proposers.merged import Merged
 from ..decoding.speculative.shadow import Shadows
@@ -34,6 +34,7 @@ from ..decoding.speculative.tree import DraftTree
 from ..decoding.speculative.verify import Acceptance
 from ..engine import LLM
 from .conversation import run_item
+from .step_cost import curve
 from .workloads import load_workload
 
 TOP_K = 8
@@ -60,10 +61,9 @@ class Tally:
         self.seconds += seconds
         self.plain_seconds += emitted * one
 
-
-@dataclass
-class Result:
-    by_category: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
+    @classmethod
+    def total(cls, tallies: list[Tally]) -> Tally:
+        return cls(*(sum(getattr(t, f) for t in tallies) for f in ("tokens", "steps", "seconds", "plain_seconds")))
 
 
 def record(llm: LLM, workload: str, limit: int | None, max_tokens: int) -> list[Record]:
@@ -87,17 +87,19 @@ def record(llm: LLM, workload: str, limit: int | None, max_tokens: int) -> list[
 def ranking_logits(rows: torch.Tensor, vocab: int) -> torch.Tensor:
     """Logit rows whose top tokens, in order, are `rows[i]` (what the proposers learn from)."""
     out = torch.zeros(len(rows), vocab)
-    out.scatter_(1, rows.long(), torch.arange(TOP_K, 0, -1, dtype=torch.float32).expand(len(rows), -1))
+    k = rows.shape[1]
+    out.scatter_(1, rows.long(), torch.arange(k, 0, -1, dtype=torch.float32).expand(len(rows), -1))
     return out
 
 
 def replay(records: list[Record], make: Callable[[], Proposer], costs: CostModel, overhead_s: float, vocab: int,
-           oracle: bool = False) -> Result:
+           oracle: bool = False) -> dict[str, Tally]:
+    """Per category: what the controller (or the oracle) would have decoded, priced by `costs`."""
     proposer: Proposer = make()
     controller = Controller()
     controller.overhead_s = overhead_s
     one = costs.forward(1)
-    result = Result()
+    result: dict[str, Tally] = defaultdict(Tally)
     for rec in records:
         seq = SimpleNamespace(ids=[], pending=0, strategy_state={}, params=None)
         shadows = Shadows()
@@ -121,7 +123,7 @@ def replay(records: list[Record], make: Callable[[], Proposer], costs: CostModel
             proposer.update(seq, feedback)
             emitted = min(accepted + 1, len(truth))
             seconds = costs.forward(len(tree) + 1) + (overhead_s if len(tree) else 0.0)
-            result.by_category[rec.category].add(emitted, seconds, one)
+            result[rec.category].add(emitted, seconds, one)
             j += emitted
         proposer.release(seq)
     return result
@@ -168,10 +170,7 @@ def main() -> None:
     console = Console()
     with console.status("recording plain greedy outputs"):
         records = record(llm, args.workload, args.limit, args.max_tokens)
-        cache = llm.model.new_cache(265)
-        llm.model(torch.zeros(1, 200, dtype=torch.long, device=llm.device),
-                  torch.arange(200, device=llm.device)[None], cache)
-        costs = measure(llm.model, cache, 0, 65)
+        costs = curve(llm.model)
     table = Table(title=f"{args.workload} replay · cost curve of this machine · "
                         f"1 token {costs.forward(1) * 1e3:.2f} ms, 4 tokens {costs.forward(4) / costs.forward(1):.2f}x")
     for col in ("method", "policy", "category", "tokens/step", "decode × plain"):
@@ -180,10 +179,9 @@ def main() -> None:
     for name in chosen:
         for policy in ("controller", "oracle"):
             result = replay(records, available[name], costs, args.overhead_ms * 1e-3, vocab, oracle=policy == "oracle")
-            rows = dict(result.by_category)
+            rows = dict(result)
             if len(rows) > 1:
-                rows["overall"] = Tally(*(sum(getattr(t, f) for t in result.by_category.values())
-                                          for f in ("tokens", "steps", "seconds", "plain_seconds")))
+                rows["overall"] = Tally.total(list(result.values()))
             for category, t in rows.items():
                 table.add_row(name, policy, category, f"{t.tokens / t.steps:.2f}", f"{t.plain_seconds / t.seconds:.2f}×")
     console.print(table)

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from ..decoding.speculative.cost import POINTS, measure
+from ..decoding.speculative.cost import POINTS, CostModel, measure
 from ..engine import LLM
 from ..models.transformer import Transformer
 
@@ -42,6 +42,14 @@ def batch_ms(model: Transformer, prefix: int, rows: int, repeats: int) -> float:
     return median_ms(run, repeats)
 
 
+def curve(model: Transformer, prefix: int = 200) -> CostModel:
+    """The controller's cost curve (`cost.measure`), measured after `prefix` cached tokens."""
+    cache = model.new_cache(prefix + POINTS[-1])
+    model(torch.zeros(1, prefix, dtype=torch.long, device=model.device),
+          torch.arange(prefix, device=model.device)[None], cache)
+    return measure(model, cache, 0, POINTS[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default="smollm2-135m")
@@ -49,13 +57,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
     model = LLM(args.model).model
-    cache = model.new_cache(args.prefix + POINTS[-1])
-    model(torch.zeros(1, args.prefix, dtype=torch.long), torch.arange(args.prefix)[None], cache)
-    curve = measure(model, cache, 0, POINTS[-1])
-    one = curve.seconds[1] * 1e3
+    costs = curve(model, args.prefix)
+    one = costs.seconds[1] * 1e3
     print(f"{'draft tokens':>12} {'ms':>8} {'x 1 token':>10}")
-    for t in curve.points:
-        ms = curve.seconds[t] * 1e3
+    for t in costs.points:
+        ms = costs.seconds[t] * 1e3
         print(f"{t:>12} {ms:>8.2f} {ms / one:>9.2f}x")
     print(f"\n{'batch rows':>12} {'ms':>8} {'x 1 row':>10}")
     batch = {b: batch_ms(model, args.prefix, b, args.repeats) for b in BATCHES}

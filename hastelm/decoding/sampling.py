@@ -127,10 +127,15 @@ class Sampler:
         return float(torch.rand((), generator=self.generator))
 
 
+def _native_rows(logits: torch.Tensor) -> bool:
+    """Whether hastelm's row kernels (csrc/argmax.h) can take these logits."""
+    return logits.device.type == "cpu" and logits.dtype == torch.float32 and native() is not None
+
+
 def greedy_tokens(logits: torch.Tensor) -> list[int]:
     """The argmax of each row of `logits` `[R, V]`: hastelm's CPU kernel for float32 rows (a
     vocabulary-sized row in ~6 us, torch's scan ~45 us), else torch."""
-    if logits.device.type == "cpu" and logits.dtype == torch.float32 and native() is not None:
+    if _native_rows(logits):
         return argmax_rows(logits).tolist()
     return logits.argmax(-1).tolist()
 
@@ -138,7 +143,7 @@ def greedy_tokens(logits: torch.Tensor) -> list[int]:
 def top_tokens(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Indices `[R, k]` of each row's k largest logits, largest first (hastelm's CPU kernel for
     float32 rows: ~10x torch.topk, lower index first among equal logits)."""
-    if logits.device.type == "cpu" and logits.dtype == torch.float32 and native() is not None and k <= 64:
+    if _native_rows(logits) and k <= 64:
         return topk_rows(logits, k)
     return logits.topk(k, dim=-1).indices
 
