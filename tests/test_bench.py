@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from hastelm.bench.aggregate import workload_rows
 from hastelm.bench.conversation import encode_chat, load_tokenizer, run_item
-from hastelm.bench.engines import Generation
+from hastelm.bench.engines import PEER_METHODS, Generation
+from hastelm.bench.jobs import Settings, workload_jobs
 from hastelm.bench.memory import BenchError, peak_rss_mb, run_isolated
 from hastelm.bench.runner import core_test, core_tests, measure
 from hastelm.bench.workloads import WorkloadError, WorkloadItem, load_workload, parse_item
@@ -175,6 +176,22 @@ def test_speedups_compare_with_plain_on_the_same_prompts():
     peer_a = rows["llama.cpp", "plain", "a"]
     assert peer_a["speedup_vs_plain"] == pytest.approx(2.0) and peer_a["limited"] is True
     assert peer_a["mean_accepted"] is None and peer_a["same_output_as_plain"] is None
+
+
+def test_rounds_take_turns_and_merge_into_one_row_per_method():
+    settings = Settings(Path("m.gguf"), ["hastelm", "llama.cpp"], 2, "auto", 512)
+    jobs = workload_jobs(settings, "w", ["pld"], 4, None, 8, rounds=2)
+    assert [(j["engine"], j["method"]) for j in jobs][:4] == [("hastelm", "plain"), ("hastelm", "pld")] * 2
+    assert sum(j["engine"] == "llama.cpp" for j in jobs) == len(PEER_METHODS["llama.cpp"])   # peers once
+    common = {"workload": "w", "dtype": "fast"}
+    runs = [{**common, "engine": "hastelm", "method": m, "peak_rss_mb": peak, "records": [_record(0, "a", 100, s, "x")]}
+            for m, s, peak in (("plain", 2.0, 100.0), ("pld", 1.0, 120.0), ("plain", 1.0, 110.0), ("pld", 1.0, 90.0))]
+    rows = {(r["method"], r["category"]): r for r in workload_rows(runs)}
+    assert len(rows) == 2
+    # 200 tokens in 3 s against 200 in 2 s, over both rounds; the higher peak of the two
+    assert rows["plain", "a"]["tokens_per_s"] == pytest.approx(200 / 3)
+    assert rows["pld", "a"]["speedup_vs_plain"] == pytest.approx(1.5)
+    assert rows["pld", "a"]["peak_rss_mb"] == 120.0 and rows["plain", "a"]["prompts"] == 1
 
 
 # ---- processes, the CLI and the JSON schema ---------------------------------------------------

@@ -11,6 +11,7 @@ OVERALL = "overall"
 
 
 def workload_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    runs = merge_rounds(runs)
     plain = next((r for r in runs if r["engine"] == "hastelm" and r["method"] == "plain"), None)
     rows = []
     for run in runs:
@@ -20,6 +21,23 @@ def workload_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             mine = _in(records, category)
             rows.append(_row(run, category, mine, plain))
     return rows
+
+
+def merge_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of the same engine and method (rounds of `--rounds`) as one: their records together,
+    the highest peak memory."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in runs:
+        key = (run["engine"], run["method"])
+        if key not in merged:
+            merged[key] = {**run, "records": list(run["records"])}
+            continue
+        into = merged[key]
+        into["records"] += run["records"]
+        for peak in ("peak_rss_mb", "peak_gpu_mb"):
+            if peak in run:
+                into[peak] = max(into.get(peak, 0.0), run[peak])
+    return list(merged.values())
 
 
 def _row(run: dict[str, Any], category: str, mine: list[dict[str, Any]],

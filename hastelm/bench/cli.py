@@ -49,6 +49,7 @@ def bench(
     limit: int = typer.Option(40, "--limit", help="first N prompts of each workload category"),
     max_tokens: int = typer.Option(256, "--max-tokens", help="new tokens per workload answer (greedy)"),
     peer_limit: Optional[int] = typer.Option(None, "--peer-limit", help="peers run only the first N per category"),
+    rounds: int = typer.Option(1, "--rounds", help="hastelm's workload runs take turns N times (evens out a noisy machine)"),
     context: int = typer.Option(4096, "--ctx", help="context length of every engine in workload runs"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="write a bar chart (PNG/SVG/PDF)"),
@@ -59,7 +60,7 @@ def bench(
         return
     try:
         _check_counts({"-r/--repetitions": reps, "--limit": limit, "--max-tokens": max_tokens, "--ctx": context,
-                       "--peer-limit": peer_limit or 1, "--threads": threads or 1})
+                       "--peer-limit": peer_limit or 1, "--rounds": rounds, "--threads": threads or 1})
         from .jobs import Settings
         settings = Settings(resolve_model(model), _engines(engines), threads or usable_cores(), dtype, context,
                             _device(device))
@@ -68,7 +69,7 @@ def bench(
             _core(settings, prompt_tokens, gen_tokens, reps, json_path, plot_path)
         else:
             methods = _methods(speculative)
-            _workload(settings, spec, methods, limit, peer_limit, max_tokens, json_path, plot_path)
+            _workload(settings, spec, methods, limit, peer_limit, max_tokens, rounds, json_path, plot_path)
     except HastelmError as exc:
         _fail(str(exc))
 
@@ -89,7 +90,7 @@ def _core(s, prompt_tokens: int, gen_tokens: int, reps: int, json_path: Optional
     _save(rows, s, json_path, plot_path, "test", title)
 
 
-def _workload(s, spec: str, methods: list[str], limit: int, peer_limit: Optional[int], max_tokens: int,
+def _workload(s, spec: str, methods: list[str], limit: int, peer_limit: Optional[int], max_tokens: int, rounds: int,
               json_path: Optional[Path], plot_path: Optional[Path]) -> None:
     from . import report
     from .aggregate import workload_rows
@@ -98,13 +99,14 @@ def _workload(s, spec: str, methods: list[str], limit: int, peer_limit: Optional
 
     items = load_workload(spec, limit)     # fail on a bad file before starting any engine
     err.print(f"[dim]workload {spec}: {len(items)} prompts, {sum(i.requests for i in items)} generations[/]")
-    rows = workload_rows(run_jobs(workload_jobs(s, spec, methods, limit, peer_limit, max_tokens), err))
-    title = f"{Path(spec).name} · greedy, up to {max_tokens} new tokens · {_where(s)}"
+    rows = workload_rows(run_jobs(workload_jobs(s, spec, methods, limit, peer_limit, max_tokens, rounds), err))
+    turns = f" · {rounds} rounds" if rounds > 1 else ""
+    title = f"{Path(spec).name} · greedy, up to {max_tokens} new tokens{turns} · {_where(s)}"
     out.print(report.workload_table(rows, title))
     if any(r["limited"] for r in rows):
         out.print(f"* peers ran the first {peer_limit} prompts of each category; their × plain compares "
                   "with hastelm plain on those prompts")
-    _save(rows, s, json_path, plot_path, "category", title, workload=spec, max_tokens=max_tokens)
+    _save(rows, s, json_path, plot_path, "category", title, workload=spec, max_tokens=max_tokens, rounds=rounds)
 
 
 def _gpu(result: dict[str, Any]) -> dict[str, Any]:

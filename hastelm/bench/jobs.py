@@ -31,10 +31,12 @@ def core_jobs(s: Settings, prompt_tokens: int, gen_tokens: int, reps: int) -> li
 
 
 def workload_jobs(s: Settings, workload: str, methods: list[str], limit: int,
-                  peer_limit: int | None, max_tokens: int) -> list[dict[str, Any]]:
+                  peer_limit: int | None, max_tokens: int, rounds: int = 1) -> list[dict[str, Any]]:
+    """hastelm's plain and speculative runs take turns `rounds` times, so a slow spell of a shared
+    machine falls on all of them alike; peers run once."""
     common = {"kind": "workload", "workload": workload, "max_tokens": max_tokens}
     ours = ["plain", *methods] if "hastelm" in s.engines else []
-    jobs = [_job(s, "hastelm", m, limit=limit, **common) for m in ours]
+    jobs = [_job(s, "hastelm", m, limit=limit, **common) for _ in range(rounds) for m in ours]
     peers_limit = min(limit, peer_limit) if peer_limit else limit
     for engine in s.engines:
         for method in PEER_METHODS.get(engine, ()):
