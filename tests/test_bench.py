@@ -243,6 +243,7 @@ def test_workload_bench_cli_reports_categories(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--engines", "vllm"], "unknown engine"),
     (["-r", "0"], "-r/--repetitions must be >= 1"),
+    (["--speculative", "pld", "--rounds", "0"], "--rounds must be >= 1"),
     (["--workload", "nope"], "unknown workload"),
     (["--speculative", "telepathy"], "unknown speculative method"),
     (["-m", "/no/such/model.gguf"], "model not found"),
