@@ -105,9 +105,11 @@ def _print_stream(steps, stats: bool) -> None:
     sys.stdout.write("\n")
     if stats and first is not None:
         rate = (n - 1) / (end - first) if n > 1 and end > first else 0.0
-        spec = f", {accepted / max(drafts - 1, 1):.2f} accepted/step" if proposed else ""
+        # per decode step (the prefill's result is not one), as the bench counts: 1 + accepted drafts
+        per_step = 1 + accepted / max(drafts - 1, 1)
+        spec = f", {accepted / proposed:.0%} of drafted tokens accepted" if proposed else ""
         err.print(f"[dim]{n} tokens, first after {first - t0:.2f}s, {rate:.1f} tokens/s, "
-                  f"{n / max(drafts, 1):.2f} tokens/step{spec}[/]", highlight=False)
+                  f"{per_step:.2f} tokens/step{spec}[/]", highlight=False)
 
 
 @app.command("chat")

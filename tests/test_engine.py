@@ -91,3 +91,19 @@ def test_padded_prefill_batch_fills_the_cache_exactly_as_alone(llm_fast):
         for layer in range(len(model.layers)):
             assert torch.equal(batch.keys[layer][s, :n], alone.keys[layer][s, :n])
             assert torch.equal(batch.values[layer][s, :n], alone.values[layer][s, :n])
+
+
+def test_generate_stats_count_tokens_per_decode_step(capsys):
+    from hastelm.cli import _print_stream
+    from hastelm.decoding.step import StepResult
+
+    # the prefill's token, a step that accepted 2 of 3 drafts, a plain step, an EOS step of 2 drafts
+    steps = [StepResult(0, [5], "a"), StepResult(0, [6, 7, 8], "bcd", accepted=2, proposed=3),
+             StepResult(0, [9], "e"), StepResult(0, [], "", accepted=0, proposed=2, finish_reason="stop")]
+    _print_stream(iter(steps), stats=True)
+    out = capsys.readouterr()
+    assert out.out == "abcde\n"
+    stats = " ".join(out.err.split())     # the console may wrap the line
+    # 3 decode steps yield 2 accepted drafts + 3 target tokens (the EOS one included): 5/3 per step
+    assert "5 tokens" in stats and "1.67 tokens/step" in stats
+    assert "40% of drafted tokens accepted" in stats
