@@ -8,36 +8,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .console import err, fail, load_llm
 from .errors import HastelmError
 from .models.registry import ALIASES, DEFAULT_MODEL, alias_location
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hastelm: LLM inference with built-in, verified decoding accelerations.")
-err = Console(stderr=True)
-
-
-def fail(message: str) -> None:
-    """One line naming the problem, non-zero exit, no traceback."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # never wrapped
-    raise typer.Exit(2)
-
-
-def load_llm(model: str, dtype: str = "auto", device: str = "auto", speculative: Optional[str] = None,
-             context_length: Optional[int] = None):
-    """Load with a progress bar on stderr; user mistakes become one-line errors."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .engine import LLM
-
-    with Progress(TextColumn("loading {task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task(model, total=None)
-
-        def report(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        return LLM(model, dtype=dtype, device=device, speculative=speculative,
-                   context_length=context_length, progress=report)
 
 
 def sampling_params(max_tokens: int, temp: float, top_k: int, top_p: float, min_p: float,

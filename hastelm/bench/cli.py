@@ -15,6 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from ..console import err, fail
 from ..errors import HastelmError
 from ..models.registry import DEFAULT_MODEL, resolve_model
 from ..system import usable_cores
@@ -24,12 +25,6 @@ bench_app = typer.Typer(help="Benchmarks: speed and memory against transformers 
                         invoke_without_command=True, no_args_is_help=False)
 # tables keep their natural width when written to a file or pipe (rich would squeeze them to 80)
 out = Console() if sys.stdout.isatty() else Console(width=200)
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
 
 
 @bench_app.callback(invoke_without_command=True)
@@ -71,7 +66,7 @@ def bench(
             methods = _methods(speculative)
             _workload(settings, spec, methods, limit, peer_limit, max_tokens, rounds, json_path, plot_path)
     except HastelmError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _core(s, prompt_tokens: int, gen_tokens: int, reps: int, json_path: Optional[Path],

@@ -46,7 +46,7 @@ def serve(
     """Serve the OpenAI-compatible API (chat, completions, streaming) with continuous batching."""
     import uvicorn
 
-    from ..cli import fail, load_llm
+    from ..console import fail, load_llm
     from ..errors import HastelmError
     from .app import create_app
 
