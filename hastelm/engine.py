@@ -101,6 +101,7 @@ class LLM:
     # ---- request lifecycle (also used by the scheduler) --------------------------------
     def new_sequence(self, ids: list[int], params: SamplingParams, slot: int = 0, index: int = 0) -> Sequence:
         room = self.context_length - len(ids)
+        params.check_vocab(self.config.vocab_size)
         return Sequence(ids=list(ids), prompt_len=len(ids), params=params,
                         sampler=Sampler(params, len(ids)),
                         stopper=StopChecker(params, self.tokenizer, room), slot=slot, index=index)

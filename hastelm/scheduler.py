@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .decoding.choices import DecodingChoices, Strategy, StrategyError
 from .decoding.plain import StepOutcome
 from .decoding.sampling import SamplingParams, top_logprobs
 from .decoding.sequence import Sequence
@@ -47,10 +48,6 @@ class SchedulerStopped(HastelmError):
     """The scheduler was shut down before the request finished."""
 
 
-class StrategyError(HastelmError):
-    """The request's speculative proposer is unknown or cannot be set up."""
-
-
 @dataclass(eq=False)
 class Job:
     """One sequence to generate. `deliver` is called from the scheduler thread with each
@@ -65,7 +62,7 @@ class Job:
     # set by the scheduler
     prompt_scores: list[TokenLogprob | None] = field(default_factory=list)
     seq: Sequence | None = None
-    strategy: Any = None
+    strategy: Strategy | None = None
     cancelled: bool = False
     done: bool = False
 
@@ -75,14 +72,17 @@ class Job:
 
 class Scheduler:
     def __init__(self, llm: Any, *, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256,
-                 speculative: str | None = None, threads: int | None = None) -> None:
-        """`threads`: torch's compute threads on the scheduler thread (None: leave torch's setting)."""
+                 choices: DecodingChoices | None = None, threads: int | None = None) -> None:
+        """`choices`: the decoding methods requests may name (default: plain and the LLM's own
+        default method); `threads`: torch's compute threads on the scheduler thread (None: leave
+        torch's setting)."""
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1 or (threads is not None and threads < 1):
             raise HastelmError("max_batch, prefill_chunk and threads must be >= 1, max_queue >= 0")
         self.llm = llm
         self.threads = threads
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
-        self.default_speculative = speculative
+        self.choices = choices or DecodingChoices(llm.strategy, llm.default_speculative)
+        self.failure: str | None = None      # why the scheduler thread ended, if it crashed
         self.cache = llm.model.new_cache(llm.context_length, slots=max_batch)
         self.queue: deque[Job] = deque()
         self.slots: list[Job | None] = [None] * max_batch
@@ -111,8 +111,8 @@ class Scheduler:
     def submit(self, jobs: list[Job]) -> None:
         """Queue all of `jobs` or none: raises QueueFullError when they do not fit."""
         with self._wake:
-            if self._stopping or self._thread is None:
-                raise SchedulerStopped("the server is shutting down")
+            if self._stopping or not self.alive:
+                raise SchedulerStopped(self.failure or "the server is shutting down")
             room = self.max_queue + self.free_slots - len(self.queue)
             if len(jobs) > room:
                 raise QueueFullError(f"server busy: {len(self.queue)} requests waiting "
@@ -146,22 +146,40 @@ class Scheduler:
     def _loop(self) -> None:
         if self.threads is not None:    # OpenMP's team size is per thread: set it where the forwards run
             torch.set_num_threads(self.threads)
-        while True:
-            with self._wake:
-                while not self._stopping and not self.queue and self.running == 0:
-                    self._wake.wait()
-                if self._stopping:
-                    break
+        try:
+            while self._iterate():
+                pass
+        except BaseException:    # only a bug gets here; every waiting request is answered below
+            log.exception("the scheduler thread crashed")
+            self.failure = "the server cannot generate (internal error); it must be restarted"
+            raise
+        finally:
+            self._shutdown()
+
+    def _iterate(self) -> bool:
+        """One scheduler step; False once stopping. A failure fails the requests it touched, never
+        the thread: the next step serves the rest."""
+        with self._wake:
+            while not self._stopping and not self.queue and self.running == 0:
+                self._wake.wait()
+            if self._stopping:
+                return False
+            try:
                 self._reap()
                 self._admit()
-            try:
-                self._prefill()
-                self._decode()
-            except Exception as exc:   # a bug, not one request's fault: fail the running ones, keep serving
-                log.exception("scheduler step failed")
-                for job in [j for j in self.slots if j is not None]:
-                    self._fail(job, exc)
-        self._shutdown()
+            except Exception as exc:
+                self._fail_running(exc)
+        try:
+            self._prefill()
+            self._decode()
+        except Exception as exc:
+            self._fail_running(exc)
+        return True
+
+    def _fail_running(self, exc: Exception) -> None:
+        log.exception("scheduler step failed", exc_info=exc)
+        for job in [j for j in self.slots if j is not None]:
+            self._fail(job, exc)
 
     def _reap(self) -> None:
         for job in [j for j in self.queue if j.cancelled]:
@@ -185,11 +203,8 @@ class Scheduler:
                     job.prompt_scores = [None]        # nothing predicts the first prompt token
                 self.cache.reset(slot)
 
-    def _strategy(self, job: Job) -> Any:
-        try:
-            return self.llm.strategy(job.speculative or self.default_speculative)
-        except (HastelmError, ValueError, ImportError) as exc:   # an unknown name and the like
-            raise StrategyError(str(exc)) from exc
+    def _strategy(self, job: Job) -> Strategy:
+        return self.choices.resolve(job.speculative)
 
     def _prefilling(self) -> list[Job]:
         return [j for j in self.slots if j is not None and j.seq and self._todo(j) > 0]
@@ -294,10 +309,13 @@ class Scheduler:
                 self.slots[self.slots.index(job)] = None
             return
         slot = job.seq.slot
-        if job.strategy is not None:
-            job.strategy.release(job.seq)
         self.cache.reset(slot)
         self.slots[slot] = None
+        if job.strategy is not None:
+            try:
+                job.strategy.release(job.seq)
+            except Exception:     # e.g. a proposer's file could not be written: the request is done anyway
+                log.exception("releasing a request's decoding state failed")
 
     def _shutdown(self) -> None:
         with self._wake:

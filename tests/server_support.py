@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from hastelm.server.app import create_app
+from hastelm.server.limits import ConnectionLimits, server_config
 
 
 def free_port() -> int:
@@ -20,12 +21,13 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, llm: Any, **options: Any) -> None:
+    def __init__(self, llm: Any, limits: ConnectionLimits | None = None, **options: Any) -> None:
+        """`options` go to `create_app`; the connection limits apply as `hastelm serve` applies them."""
         options.setdefault("model_id", "smollm2-135m")   # the fixtures load the default model by path
-        self.app = create_app(llm, **options)
+        limits = limits or ConnectionLimits()
+        self.app = create_app(llm, limits=limits, **options)
         self.port = free_port()
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(server_config(self.app, "127.0.0.1", self.port, limits, "warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30

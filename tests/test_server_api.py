@@ -16,7 +16,7 @@ HI = [{"role": "user", "content": "Say hello."}]
 
 @pytest.fixture(scope="module")
 def server(llm_fast):
-    srv = RunningServer(llm_fast, max_batch=4, max_queue=8, api_key=None)
+    srv = RunningServer(llm_fast, max_batch=4, max_queue=8, api_key=None, speculative=["none", "pld@4"])
     yield srv
     srv.stop()
 
@@ -27,8 +27,9 @@ def client(server):
 
 
 def test_models_and_health(server, client):
-    ids = [m.id for m in client.models.list().data]
-    assert ids == ["smollm2-135m"]
+    models = client.models.list().data
+    assert [m.id for m in models] == ["smollm2-135m"]
+    assert models[0].speculative == ["none", "pld@4"]      # what a request may name
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
 
 
@@ -118,7 +119,7 @@ def test_speculative_request_field(client, llm_f32):
     """A request's proposer is honoured and lossless: in float32 (where a multi-token verification
     forward and a one-token step agree to the last bits that matter) greedy text equals plain."""
     kw = dict(model="smollm2-135m", prompt="a b c a b c a b c", max_tokens=8, temperature=0)
-    srv = RunningServer(llm_f32, max_batch=2, max_queue=2)
+    srv = RunningServer(llm_f32, max_batch=2, max_queue=2, speculative="none,pld")
     try:
         exact = srv.openai()
         plain = exact.completions.create(**kw).choices[0].text
@@ -152,5 +153,16 @@ def test_api_key(llm_fast):
         assert httpx.post(f"{srv.url}/v1/completions", json={"prompt": "x"}).status_code == 401
         assert [m.id for m in srv.openai("sesame").models.list().data] == ["smollm2-135m"]
         assert httpx.get(f"{srv.url}/health").status_code == 200     # health stays open for probes
+        assert httpx.get(f"{srv.url}/metrics").status_code == 401    # metrics only with the key...
+        assert httpx.get(f"{srv.url}/metrics", headers={"Authorization": "Bearer sesame"}).status_code == 200
+        # a non-ASCII header is a wrong key, not a crash
+        assert httpx.get(f"{srv.url}/v1/models", headers={"Authorization": "Bearer s\u00e9same".encode()}
+                         ).status_code == 401
+    finally:
+        srv.stop()
+    srv = RunningServer(llm_fast, max_batch=1, max_queue=1, api_key="sesame", metrics_public=True)
+    try:                                                              # ...unless the operator opens them
+        assert httpx.get(f"{srv.url}/metrics").status_code == 200
+        assert httpx.get(f"{srv.url}/v1/models").status_code == 401
     finally:
         srv.stop()

@@ -36,7 +36,7 @@ class PlainDecoding:
         tokens = torch.tensor([[s.pending] for s in seqs], device=dev)
         positions = torch.tensor([[len(s.ids) - 1] for s in seqs], device=dev)
         logits = model(tokens, positions, cache, slots=[s.slot for s in seqs])[:, -1]
-        plain_greedy = [i for i, s in enumerate(seqs) if s.params.greedy and not s.params.has_penalties]
+        plain_greedy = [i for i, s in enumerate(seqs) if s.params.greedy and not s.params.adjusts_logits]
         picked = dict(zip(plain_greedy, greedy_tokens(logits[plain_greedy]))) if plain_greedy else {}
         return [StepOutcome([picked[i] if i in picked else s.sampler.sample(logits[i], s.ids)], [logits[i]])
                 for i, s in enumerate(seqs)]

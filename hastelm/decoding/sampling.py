@@ -1,4 +1,5 @@
-"""Sampling parameters and the sampler chain: penalties -> temperature -> top-k -> top-p -> min-p.
+"""Sampling parameters and the sampler chain: logit bias -> penalties -> temperature -> top-k ->
+top-p -> min-p.
 
 The same `Sampler.probs` gives the target distribution to plain sampling and to speculative
 verification, so a lossless acceptance rule compares against exactly what plain decoding samples.
@@ -14,6 +15,10 @@ import torch
 from ..errors import InvalidParameterError
 from ..quant.kernels import argmax_rows, native, topk_rows
 
+# Stop strings are checked after every token: bounded in number and length, a check costs at
+# most MAX_STOP_STRINGS x MAX_STOP_CHARS characters whatever the output's length.
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 # Below this temperature sampling is argmax in all but name, and dividing by it overflows float32.
 GREEDY_BELOW_TEMPERATURE = 1e-5
 
@@ -33,6 +38,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None       # return the top-N log-probabilities of each token
+    logit_bias: dict[int, float] = field(default_factory=dict)   # OpenAI's: token id -> added to its logit
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -48,6 +54,10 @@ class SamplingParams:
             (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            (len(self.stop) <= MAX_STOP_STRINGS and all(len(s) <= MAX_STOP_CHARS for s in self.stop),
+             f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} characters"),
+            (all(isinstance(t, int) and t >= 0 and -100 <= b <= 100 for t, b in self.logit_bias.items()),
+             "logit_bias maps token ids >= 0 to biases in [-100, 100]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -61,6 +71,17 @@ class SamplingParams:
     def has_penalties(self) -> bool:
         return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
 
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether the chosen token can differ from the raw logits' argmax even when greedy."""
+        return self.has_penalties or bool(self.logit_bias)
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Token ids the request names (logit_bias, stop_token_ids) must exist in the vocabulary."""
+        named = [*self.logit_bias, *self.stop_token_ids]
+        if any(not 0 <= t < vocab_size for t in named):
+            raise InvalidParameterError(f"logit_bias and stop_token_ids take token ids in [0, {vocab_size})")
+
 
 class Sampler:
     """Per-request sampler: owns the request's random generator (same seed, same text)."""
@@ -70,11 +91,15 @@ class Sampler:
         self.prompt_len = prompt_len
         self.generator = torch.Generator().manual_seed(
             params.seed if params.seed is not None else random.randrange(2**63))
+        self.bias_ids = torch.tensor(list(params.logit_bias), dtype=torch.long)
+        self.bias = torch.tensor(list(params.logit_bias.values()), dtype=torch.float32)
 
     def process(self, logits: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
         """Penalised, temperature-scaled and truncated logits (float32 `[V]`); -inf = excluded."""
         p = self.params
         logits = logits.float().cpu()   # the generator lives on the CPU, whatever the model's device
+        if p.logit_bias:
+            logits = logits.index_add(0, self.bias_ids, self.bias)
         if p.has_penalties and history:
             logits = self._penalize(logits.clone(), history)
         if p.greedy:

@@ -42,8 +42,9 @@ class StopChecker:
                 break
             kept.append(tok)
             self.count += 1
-            self.text += self.decoder.push(tok)
-            if self._cut_at_stop_string():
+            piece = self.decoder.push(tok)
+            self.text += piece
+            if piece and self._cut_at_stop_string(len(piece)):
                 self.finished = "stop"
                 break
             if self.count >= self.limit:
@@ -55,12 +56,14 @@ class StopChecker:
         delta, self.shown = self.text[self.shown:end], max(self.shown, end)
         return StopUpdate(kept, delta, self.finished)
 
-    def _cut_at_stop_string(self) -> bool:
-        window = max((len(s) for s in self.params.stop), default=0)
-        if not window:
-            return False
-        start = max(0, self.shown - window)
-        hits = [i for i in (self.text.find(s, start) for s in self.params.stop) if i >= 0]
+    def _cut_at_stop_string(self, added: int) -> bool:
+        """Whether a stop string ends in the `added` newest characters: only they and the
+        len(stop) - 1 before them are searched, so a step costs the same at any output length."""
+        hits = []
+        for stop in self.params.stop:
+            i = self.text.find(stop, max(0, len(self.text) - added - len(stop) + 1))
+            if i >= 0:
+                hits.append(i)
         if hits:
             self.text = self.text[:min(hits)]
             self.hit_stop_string = True
@@ -69,9 +72,17 @@ class StopChecker:
     def _safe_end(self) -> int:
         """End of the text that cannot be the beginning of a stop string."""
         end = len(self.text)
-        for s in self.params.stop:
-            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(s[:k]):
-                    end = min(end, len(self.text) - k)
-                    break
+        for stop in self.params.stop:
+            end = min(end, len(self.text) - _held_back(self.text, stop))
         return max(end, self.shown)
+
+
+def _held_back(text: str, stop: str) -> int:
+    """Length of the longest end of `text` that is a proper prefix of `stop` (0 if none)."""
+    tail_start = max(0, len(text) - len(stop) + 1)
+    i = text.find(stop[0], tail_start)
+    while i >= 0:                       # the earliest candidate that matches is the longest
+        if stop.startswith(text[i:]):
+            return len(text) - i
+        i = text.find(stop[0], i + 1)
+    return 0

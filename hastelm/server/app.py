@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,16 +15,20 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
+from ..decoding.choices import DecodingChoices
 from ..scheduler import Scheduler
-from .errors import APIError, install_error_handlers
+from .errors import APIError, api_error, install_error_handlers
 from .generation import ClientGone, Generation
+from .limits import BodyLimit, ConnectionLimits
 from .metrics import Metrics
-from .prompts import chat_prompt, completion_prompts, make_jobs, max_new_tokens
+from .prompts import (chat_prompt, completion_prompts, longest_token_bytes, make_jobs, max_new_tokens,
+                      prompt_items)
 from .responses import Header, chat_completion, completion
 from .schemas import (ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorResponse,
-                      ModelCard, ModelList)
+                      ModelCard, ModelList, SamplingFields)
 from .stream import EventStream, StreamSpec, chat_events, completion_events
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16     # OpenAI's default for /v1/completions
@@ -41,6 +45,10 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     created: int = 0
 
+    @property
+    def vocab_size(self) -> int:
+        return min(self.llm.tokenizer.vocab_size, self.llm.config.vocab_size)
+
     def check_model(self, requested: str | None) -> str:
         if requested is not None and requested not in (self.model_id, self.llm.name):
             raise APIError(404, f"the model {requested!r} does not exist; this server serves "
@@ -53,6 +61,21 @@ class ServerState:
             raise APIError(400, f"n asks for {sequences} sequences; this server holds at most {limit} "
                                 f"(max batch + max queue)", "n")
 
+    def check_request(self, body: SamplingFields) -> str:
+        """What every generation request must pass before any work: a served model, fields this
+        server implements, an enabled decoding method, a running scheduler. Returns the model id."""
+        model = self.check_model(body.model)
+        unsupported = body.unsupported_field()
+        if unsupported:
+            raise APIError(400, f"{unsupported} is not supported by this server", unsupported, "unsupported_parameter")
+        try:
+            self.scheduler.choices.resolve(body.speculative)
+        except Exception as exc:
+            raise api_error(exc, "speculative") from None
+        if not self.scheduler.alive:
+            raise APIError(503, self.scheduler.failure or "the server is not running", code="unavailable")
+        return model
+
 
 def model_id_for(name: str) -> str:
     path = Path(name)
@@ -60,10 +83,16 @@ def model_id_for(name: str) -> str:
 
 
 def create_app(llm: Any, *, model_id: str | None = None, max_batch: int = 8, max_queue: int = 64,
-               prefill_chunk: int = 256, speculative: str | None = None, api_key: str | None = None,
-               threads: int | None = None) -> FastAPI:
+               prefill_chunk: int = 256, speculative: str | Iterable[str] | None = None,
+               api_key: str | None = None, threads: int | None = None, limits: ConnectionLimits | None = None,
+               metrics_public: bool = False) -> FastAPI:
+    """`speculative`: the methods requests may name, all built now (the first is the default;
+    None: the LLM's default). Nothing a request sends loads a model or touches a file."""
+    choices = DecodingChoices(llm.strategy, llm.default_speculative if speculative is None else speculative)
     scheduler = Scheduler(llm, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk,
-                          speculative=speculative, threads=threads)
+                          choices=choices, threads=threads)
+    limits = limits or ConnectionLimits()
+    longest_token_bytes(llm.tokenizer)       # computed once now, not on a request's clock
     state = ServerState(llm, scheduler, model_id or model_id_for(llm.name), api_key, created=int(time.time()))
 
     @asynccontextmanager
@@ -77,8 +106,10 @@ def create_app(llm: Any, *, model_id: str | None = None, max_batch: int = 8, max
     app = FastAPI(title="hastelm", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible server with continuous batching and speculative decoding.")
     app.state.hastelm = state
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=limits.request_timeout_s)
     install_error_handlers(app)
     app.include_router(router, dependencies=[Depends(check_api_key)])
+    app.include_router(metrics_router, dependencies=[] if metrics_public else [Depends(check_api_key)])
     app.include_router(public)
     return app
 
@@ -89,27 +120,34 @@ def state_of(request: Request) -> ServerState:
 
 async def check_api_key(request: Request) -> None:
     key = state_of(request).api_key
-    if key and not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {key}"):
+    if not key:
+        return
+    # compared as bytes: header values arrive as latin-1 text, and a non-ASCII key or header
+    # must be a plain mismatch, not an exception
+    sent = request.headers.get("authorization", "").encode("latin-1")
+    if not secrets.compare_digest(sent, f"Bearer {key}".encode("utf-8")):
         raise APIError(401, "invalid or missing API key (send the header Authorization: Bearer KEY)",
                        code="invalid_api_key")
 
 
 router = APIRouter(responses=ERRORS)
+metrics_router = APIRouter()
 public = APIRouter()
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     state = state_of(request)
-    model = state.check_model(body.model)
-    prompt = chat_prompt(state.llm, body)
+    model = state.check_request(body)
     state.check_n(body.n)
+    prompt = await run_in_threadpool(chat_prompt, state.llm, body)
     max_tokens = max_new_tokens(state.llm, body, len(prompt.ids),
                                 body.max_completion_tokens or body.max_tokens, None)
     if max_tokens == 0:
         raise APIError(400, "max_tokens must be >= 1", "max_tokens")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    gen = Generation(state, make_jobs([prompt], body, max_tokens=[max_tokens], logprobs=logprobs))
+    gen = Generation(state, make_jobs([prompt], body, vocab_size=state.vocab_size, max_tokens=[max_tokens],
+                                      logprobs=logprobs))
     header = Header.new("chatcmpl", model)
     try:
         if body.stream:
@@ -128,17 +166,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request) -> Any:
     state = state_of(request)
-    model = state.check_model(body.model)
-    prompts = completion_prompts(state.llm, body)
-    state.check_n(body.n * len(prompts))
+    model = state.check_request(body)
+    state.check_n(body.n * len(prompt_items(body)))
+    prompts = await run_in_threadpool(completion_prompts, state.llm, body)
     if body.max_tokens == 0 and not body.echo:
         raise APIError(400, "max_tokens must be >= 1 (0 is allowed only with echo, to score the prompt)",
                        "max_tokens")
     limits = [max_new_tokens(state.llm, body, len(p.ids), body.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS)
               for p in prompts]
     scoring = body.logprobs if body.echo else None
-    gen = Generation(state, make_jobs(prompts, body, max_tokens=limits, logprobs=body.logprobs,
-                                      prompt_logprobs=scoring))
+    gen = Generation(state, make_jobs(prompts, body, vocab_size=state.vocab_size, max_tokens=limits,
+                                      logprobs=body.logprobs, prompt_logprobs=scoring))
     header = Header.new("cmpl", model)
     prompt_tokens = sum(len(p.ids) for p in prompts)
     texts = [p.text for p in prompts]
@@ -163,7 +201,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 async def models(request: Request) -> ModelList:
     state = state_of(request)
     return ModelList(data=[ModelCard(id=state.model_id, created=state.created,
-                                     max_model_len=state.llm.context_length)])
+                                     max_model_len=state.llm.context_length,
+                                     speculative=state.scheduler.choices.names)])
 
 
 @public.get("/health")
@@ -172,7 +211,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok" if alive else "stopped"}, status_code=200 if alive else 503)
 
 
-@public.get("/metrics", response_class=PlainTextResponse)
+@metrics_router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     state = state_of(request)
     return PlainTextResponse(state.metrics.render(state.scheduler), media_type="text/plain; version=0.0.4")

@@ -10,14 +10,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..decoding.choices import StrategyError
 from ..errors import ContextOverflowError, HastelmError
-from ..scheduler import QueueFullError, SchedulerStopped, StrategyError
+from ..scheduler import QueueFullError, SchedulerStopped
 from .schemas import SamplingFields
 
 log = logging.getLogger("hastelm.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+          405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+          422: "invalid_request_error",
           429: "rate_limit_error", 503: "service_unavailable", 500: "internal_error"}
 
 
@@ -50,8 +52,8 @@ def api_error(exc: BaseException, param: str | None = None) -> APIError:
         return APIError(400, str(exc), param, "context_length_exceeded")
     if isinstance(exc, HastelmError):
         return APIError(400, str(exc), param or _param_of(str(exc)))
-    log.error("internal error: %s", exc, exc_info=exc)
-    return APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+    log.error("internal error: %s", exc, exc_info=exc)     # the details stay in the server's log
+    return APIError(500, "internal error while generating; the server's log has the details", code="internal_error")
 
 
 def _param_of(message: str) -> str | None:
@@ -65,11 +67,17 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if not errors:
         return "invalid request", None
     err = errors[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    # union members and validators add tags such as "function-after[...]" or "list[int]" to the path
+    loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _is_tag(p)]
     if err.get("type") == "json_invalid":
         return "request body is not valid JSON", None
-    param = ".".join(loc) or None
-    return (f"{param}: {err.get('msg', 'invalid value')}" if param else err.get("msg", "invalid request")), param
+    path = ".".join(loc) or None
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return (f"{path}: {message}" if path else message), (loc[0] if loc else None)
+
+
+def _is_tag(part: object) -> bool:
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
 
 
 def install_error_handlers(app: FastAPI) -> None:

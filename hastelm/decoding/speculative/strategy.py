@@ -128,7 +128,7 @@ class SpeculativeDecoding:
     @staticmethod
     def _accept(seq: Sequence, tree: DraftTree, logits: torch.Tensor) -> Acceptance:
         sampler, params = seq.sampler, seq.params
-        if params.greedy and not params.has_penalties:
+        if params.greedy and not params.adjusts_logits:
             targets = greedy_tokens(logits)          # one call for the whole tree
             return accept_greedy(tree, lambda node, path: targets[node])
         if params.greedy:

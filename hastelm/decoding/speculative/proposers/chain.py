@@ -40,7 +40,7 @@ def draft_chains(seqs: list[Sequence], lengths: list[int], logits: torch.Tensor,
             seq = seqs[r]
             if seq.params.greedy:
                 lg = current[r]
-                tok = int((seq.sampler.process(lg, seq.ids + tokens[r]) if seq.params.has_penalties else lg).argmax())
+                tok = int((seq.sampler.process(lg, seq.ids + tokens[r]) if seq.params.adjusts_logits else lg).argmax())
             else:
                 q = seq.sampler.probs(current[r], seq.ids + tokens[r])
                 tok = int(torch.multinomial(q, 1, generator=_rng(seq)))

@@ -53,6 +53,8 @@ class TokenRecycling:
         self.path = Path(path) if path else None
         if self.path and self.path.exists():
             self.load(self.path)
+        elif self.path:
+            self.save(self.path)    # a path that cannot be written fails now, at start-up, not per request
         self.hits = np.array(PRIOR[:k] + (0.01,) * max(0, k - len(PRIOR)), dtype=np.float64) * PRIOR_WEIGHT
         self.trials = np.full(k, PRIOR_WEIGHT)
         self.template = build_template(list(self.hits / self.trials), template_size)
@@ -129,9 +131,12 @@ class TokenRecycling:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, self.matrix)
-        os.replace(tmp, path)          # a reader never sees a half-written matrix
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, self.matrix)
+            os.replace(tmp, path)          # a reader never sees a half-written matrix
+        except OSError as exc:
+            raise InvalidParameterError(f"cannot write the recycling matrix {path}: {exc.strerror}") from None
 
     def load(self, path: str | Path) -> None:
         try:
