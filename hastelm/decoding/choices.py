@@ -18,7 +18,6 @@ from .sequence import Sequence
 
 PLAIN = "none"
 PLAIN_ALIASES = ("none", "plain")
-MAX_ECHO = 40     # characters of an unknown requested name repeated in the error
 
 
 class Strategy(Protocol):
@@ -80,8 +79,7 @@ class DecodingChoices:
         else:
             name = PLAIN if requested in PLAIN_ALIASES else requested
         strategy = self._by_name.get(name)
-        if strategy is None:
-            shown = requested if len(requested) <= MAX_ECHO else requested[:MAX_ECHO] + "..."
-            raise StrategyError(f"speculative method {shown!r} is not enabled on this server "
+        if strategy is None:      # the requested text is not echoed: it may be a path
+            raise StrategyError(f"the requested speculative method is not enabled on this server "
                                 f"(choose {', '.join(self.names)})")
         return strategy
