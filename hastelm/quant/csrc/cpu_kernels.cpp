@@ -336,4 +336,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &silu_mul, "silu(gate) * up of float32 [gate | up] rows");
   m.def("topk_rows", &topk_rows, "indices of each float32 row's k largest entries, largest first");
   m.def("argmax_rows", &argmax_rows, "the first index of each float32 row's maximum (NaN first)");
+#ifdef HASTELM_BUILD_HASH
+  // setup.py's install-time build: the hash of the csrc/ files it compiled and of torch's version
+  // (kernels.build_hash); kernels.py compiles the files anew when either has changed since.
+#define HASTELM_STR_(x) #x
+#define HASTELM_STR(x) HASTELM_STR_(x)
+  m.attr("build_hash") = HASTELM_STR(HASTELM_BUILD_HASH);
+#endif
 }
