@@ -14,11 +14,13 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..console import err, fail
 from ..errors import HastelmError
 from ..models.registry import DEFAULT_MODEL, resolve_model
 from ..system import usable_cores
+from . import INSTALL_HINT, require
 from .engines import ENGINES, installed
 
 bench_app = typer.Typer(help="Benchmarks: speed and memory against transformers and llama.cpp.",
@@ -54,6 +56,8 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
     try:
+        if plot_path:
+            require("matplotlib", "hastelm bench --plot")   # before the runs, not after them
         _check_counts({"-r/--repetitions": reps, "--limit": limit, "--max-tokens": max_tokens, "--ctx": context,
                        "--peer-limit": peer_limit or 1, "--rounds": rounds, "--threads": threads or 1})
         from .jobs import Settings
@@ -66,7 +70,7 @@ def bench(
             methods = _methods(speculative)
             _workload(settings, spec, methods, limit, peer_limit, max_tokens, rounds, json_path, plot_path)
     except HastelmError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))   # not rich markup: "hastelm[bench]" must print as is
 
 
 def _core(s, prompt_tokens: int, gen_tokens: int, reps: int, json_path: Optional[Path],
@@ -143,7 +147,7 @@ def _engines(value: str) -> list[str]:
         raise HastelmError(f"unknown engine {', '.join(unknown) or value!r} (choose from {', '.join(ENGINES)})")
     missing = [e for e in names if not installed(e)]
     for e in missing:
-        err.print(f"[yellow]skipping {e}:[/] not installed (pip install hastelm[bench])", highlight=False)
+        err.print(f"[yellow]skipping {e}:[/] not installed ({escape(INSTALL_HINT)})", highlight=False)
     kept = [e for e in names if e not in missing]
     if not kept:
         raise HastelmError("none of the requested engines is installed")

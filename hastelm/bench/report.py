@@ -1,4 +1,4 @@
-"""Benchmark output: a rich table, a JSON file and a matplotlib bar chart."""
+"""Benchmark output: a rich table, a JSON file and a matplotlib bar chart (the `bench` extra)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+
+from . import require
 
 
 def core_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -58,7 +60,7 @@ def write_json(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
 def plot(path: Path, rows: list[dict[str, Any]], group: str, title: str) -> None:
     """Grouped bars of tokens/s (one group per `group` value, one bar per engine/method) beside
     each engine/method's peak RSS."""
-    import matplotlib
+    matplotlib = require("matplotlib", "hastelm bench --plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

