@@ -3,6 +3,9 @@ reference, bit-identical rows for any batch size or thread count, the Int4Linear
 integration, and the torch fallback."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +53,33 @@ def kernel():
 
 
 @needs_kernel
+def test_the_install_built_the_kernels(tmp_path: Path) -> None:
+    """setup.py built hastelm.quant._cpu_kernels at install, and a fresh process uses it as is:
+    nothing compiles, nothing is written to the kernel cache."""
+    env = {k: v for k, v in os.environ.items() if k != "HASTELM_NO_KERNELS"}
+    code = "from hastelm.quant import kernels; m = kernels.native(); print(m and m.__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**env, "XDG_CACHE_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == kernels._PREBUILT, (
+        "the install did not build the CPU kernels, or csrc/ changed since: run ./scripts/setup.sh again")
+    assert kernels.COMPILING_NOTICE not in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@needs_kernel
 def test_kernel_builds_on_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The first call compiles (~30 s); later sessions load the cached build.
+    """Without the install's module (a `pip install .` with build isolation has no torch to build
+    against), the first call compiles (~30 s); later sessions load the cached build."""
     monkeypatch.delenv("HASTELM_NO_KERNELS", raising=False)
-    assert kernels.native() is not None
-    assert kernels.build_dir().is_dir()
+    monkeypatch.setattr(kernels, "_PREBUILT", "hastelm.quant._not_built")
+    kernels._load.cache_clear()
+    try:
+        mod = kernels.native()
+        assert mod is not None and mod.__name__ == "hastelm_cpu_kernels"
+        assert kernels.build_dir().is_dir()
+    finally:
+        kernels._load.cache_clear()   # later tests load the install's build again
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +185,7 @@ def test_fallback_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_build_failure_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HASTELM_NO_KERNELS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(kernels, "_PREBUILT", "hastelm.quant._not_built")
     monkeypatch.setattr(kernels, "_SOURCES", [tmp_path / "missing.cpp"])
     kernels._load.cache_clear()
     try:
