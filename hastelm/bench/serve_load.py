@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..console import fail
+from ..decoding.choices import public_name
 from ..errors import HastelmError
 from . import require
 
@@ -260,7 +261,8 @@ def serve_bench(
     request_rate: float = typer.Option(float("inf"), "--request-rate", help="requests/s (Poisson); inf = all at once"),
     input_words: int = typer.Option(64, "--input-words", help="synthetic prompt length in words"),
     output_len: int = typer.Option(128, "--output-len", help="tokens generated per request (ignore_eos)"),
-    speculative: Optional[str] = typer.Option(None, "--speculative", help="per-request proposer"),
+    speculative: Optional[str] = typer.Option(None, "--speculative",
+                                              help="per-request method (one the server enabled; --launch enables it)"),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HASTELM_API_KEY"),
     launch: Optional[str] = typer.Option(None, "--launch", help="start `hastelm serve -m MODEL` on a free port first"),
     launch_batch: int = typer.Option(8, "--launch-max-batch", help="--max-batch of the launched server"),
@@ -279,11 +281,13 @@ def serve_bench(
         if launch:
             port = free_port()
             base_url = f"http://127.0.0.1:{port}"
-            proc = launch_server(launch, port, launch_batch, [])
+            # a request may only name a method the server enabled at start-up, and only by its public name
+            proc = launch_server(launch, port, launch_batch, ["--speculative", f"none,{speculative}"] if speculative else [])
+        requested = public_name(speculative) if speculative else None
         results = []
         for c in concurrency:
             cfg = LoadConfig(base_url, model, endpoint, num_prompts, duration, c, request_rate, input_words,
-                             output_len, seed, api_key, speculative)
+                             output_len, seed, api_key, requested)
             results.append(asyncio.run(run_load(cfg)))
     except (RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
         fail(escape(str(exc)))
