@@ -8,13 +8,15 @@ reaches a path, and nothing a request sends builds, loads or keeps anything new.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import HastelmError, InvalidParameterError
-from ..kv.cache import KVCache
-from ..models.transformer import Transformer
-from .plain import StepOutcome
-from .sequence import Sequence
+
+if TYPE_CHECKING:        # names for the protocol only: the command line imports this module without torch
+    from ..kv.cache import KVCache
+    from ..models.transformer import Transformer
+    from .plain import StepOutcome
+    from .sequence import Sequence
 
 PLAIN = "none"
 PLAIN_ALIASES = ("none", "plain")
