@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from .engine import LLM
@@ -16,8 +17,9 @@ err = Console(stderr=True)
 
 
 def fail(message: str) -> NoReturn:
-    """One line naming the problem, non-zero exit, no traceback."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # never wrapped
+    """One line naming the problem, non-zero exit, no traceback. The message is text, not rich
+    markup: "hastelm[bench]" or a path with brackets prints as is."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # never wrapped
     raise typer.Exit(2)
 
 

@@ -70,7 +70,7 @@ def bench(
             methods = _methods(speculative)
             _workload(settings, spec, methods, limit, peer_limit, max_tokens, rounds, json_path, plot_path)
     except HastelmError as exc:
-        fail(escape(str(exc)))   # not rich markup: "hastelm[bench]" must print as is
+        fail(str(exc))
 
 
 def _core(s, prompt_tokens: int, gen_tokens: int, reps: int, json_path: Optional[Path],

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ..console import fail
@@ -273,7 +272,7 @@ def serve_bench(
     try:
         httpx = require("httpx", "hastelm bench serve")
     except HastelmError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     if endpoint not in ("completions", "chat") or num_prompts < 1 or duration <= 0 or min(concurrency) < 1:
         fail("--endpoint is completions|chat; --num-prompts, --duration and --concurrency must be positive")
     proc = None
@@ -290,7 +289,7 @@ def serve_bench(
                              output_len, seed, api_key, requested)
             results.append(asyncio.run(run_load(cfg)))
     except (RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     finally:
         if proc is not None:
             proc.terminate()
