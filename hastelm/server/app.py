@@ -212,6 +212,9 @@ async def health(request: Request) -> JSONResponse:
 
 
 @metrics_router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> PlainTextResponse:
+async def metrics(request: Request) -> Response:
+    from .metrics import CONTENT_TYPE_LATEST, generate_latest
+
     state = state_of(request)
-    return PlainTextResponse(state.metrics.render(state.scheduler), media_type="text/plain; version=0.0.4")
+    state.metrics.scheduler = state.scheduler      # its gauges are read at scrape time
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

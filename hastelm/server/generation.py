@@ -61,7 +61,7 @@ class Generation:
         except Exception as exc:
             state.metrics.count_request("rejected")
             raise api_error(exc) from None
-        state.metrics.prompt_tokens += sum(len(j.ids) for j in jobs)
+        state.metrics.prompt_tokens.inc(sum(len(j.ids) for j in jobs))
 
     def _deliver(self, job: Job, event: Any) -> None:      # scheduler thread
         try:
@@ -104,9 +104,7 @@ class Generation:
         if event.tokens and choice.first_at is None:
             m.ttft.observe(now - self.started)
         choice.add(event, now)
-        m.generation_tokens += len(event.tokens)
-        m.draft_tokens += event.proposed
-        m.accepted_tokens += event.accepted
+        m.count_step(len(event.tokens), event.proposed, event.accepted)
         if event.finish_reason:
             self.open.discard(job)
             m.count_request(event.finish_reason)
