@@ -1,4 +1,10 @@
-"""Shared fixtures: the real default model, loaded once per session in each numeric mode."""
+"""Shared fixtures: the real default model, loaded once per session in each numeric mode.
+
+A test that uses one of the real-model fixtures (REAL_MODEL_FIXTURES, also through fixtures of
+its own) is marked `real_model`: `pytest -m "not real_model"` runs the tiny-model tests alone.
+A missing packaged model skips those tests on a developer's machine; in CI (the environment
+variable CI is `true` or `1`) it fails them, so that a broken install cannot pass as a green run.
+"""
 from __future__ import annotations
 
 import os
@@ -8,12 +14,29 @@ import pytest
 from hastelm.errors import ModelLoadError
 from hastelm.models.registry import resolve_model
 
+REAL_MODEL_FIXTURES = frozenset({"smollm_path", "gemma_path", "llm_f32", "llm_fast"})
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
 
 def _path_or_skip(alias: str):
+    """The packaged model's path; a missing model skips the test, or fails it in CI."""
     try:
         return resolve_model(alias)
     except ModelLoadError as exc:
-        pytest.skip(str(exc))
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if in_ci():     # outside the except block: the report shows the reason, not a chained traceback
+        pytest.fail(f"{reason} (CI={os.environ['CI']}: a missing model fails in CI)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs a real packaged model (directly or through another fixture)."""
+    for item in items:
+        if REAL_MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_model)
 
 
 @pytest.fixture(scope="session")
