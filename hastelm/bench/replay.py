@@ -12,13 +12,13 @@ only from the accepted path here (the live engine also sees rejected nodes' logi
 """
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -32,7 +32,9 @@ from ..decoding.speculative.shadow import Shadows
 from ..decoding.speculative.stats import SIZES
 from ..decoding.speculative.tree import DraftTree
 from ..decoding.speculative.verify import Acceptance
+from ..console import fail
 from ..engine import LLM
+from ..errors import HastelmError
 from .conversation import run_item
 from .step_cost import curve
 from .workloads import load_workload
@@ -152,33 +154,41 @@ def methods(llm: LLM) -> dict[str, Callable[[], Proposer]]:
             "auto": lambda: Merged([make_proposer("pld", llm), make_proposer("recycling", llm)])}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-m", "--model", default="smollm2-135m")
-    ap.add_argument("--workload", default="humaneval")
-    ap.add_argument("--limit", type=int, default=40, help="first N prompts of each category")
-    ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--methods", default="pld,recycling,auto")
-    ap.add_argument("--overhead-ms", type=float, default=0.4, help="bookkeeping of a speculative step")
-    args = ap.parse_args()
-    llm = LLM(args.model)
-    available = methods(llm)
-    chosen = args.methods.split(",")
-    unknown = [m for m in chosen if m not in available]
+FREE_PROPOSERS = ("pld", "recycling", "auto")     # methods()'s names, checked before loading a model
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=" ".join(__doc__.split("\n\n")[0].split()))   # the first paragraph
+def main(
+    model: str = typer.Option("smollm2-135m", "-m", "--model"),
+    workload: str = typer.Option("humaneval", "--workload"),
+    limit: int = typer.Option(40, "--limit", help="first N prompts of each category"),
+    max_tokens: int = typer.Option(256, "--max-tokens"),
+    methods_: str = typer.Option("pld,recycling,auto", "--methods"),
+    overhead_ms: float = typer.Option(0.4, "--overhead-ms", help="bookkeeping of a speculative step"),
+) -> None:
+    chosen = methods_.split(",")
+    unknown = [m for m in chosen if m not in FREE_PROPOSERS]
     if unknown:
-        raise SystemExit(f"replay covers free proposers only: {', '.join(available)} (not {', '.join(unknown)})")
-    console = Console()
-    with console.status("recording plain greedy outputs"):
-        records = record(llm, args.workload, args.limit, args.max_tokens)
-        costs = curve(llm.model)
-    table = Table(title=f"{args.workload} replay · cost curve of this machine · "
+        fail(f"replay covers free proposers only: {', '.join(FREE_PROPOSERS)} (not {', '.join(unknown)})")
+    try:
+        llm = LLM(model)
+        available = methods(llm)
+        console = Console()
+        with console.status("recording plain greedy outputs"):
+            records = record(llm, workload, limit, max_tokens)
+            costs = curve(llm.model)
+    except HastelmError as exc:
+        fail(str(exc))
+    table = Table(title=f"{workload} replay · cost curve of this machine · "
                         f"1 token {costs.forward(1) * 1e3:.2f} ms, 4 tokens {costs.forward(4) / costs.forward(1):.2f}x")
     for col in ("method", "policy", "category", "tokens/step", "decode × plain"):
         table.add_column(col)
     vocab = llm.config.vocab_size
     for name in chosen:
         for policy in ("controller", "oracle"):
-            result = replay(records, available[name], costs, args.overhead_ms * 1e-3, vocab, oracle=policy == "oracle")
+            result = replay(records, available[name], costs, overhead_ms * 1e-3, vocab, oracle=policy == "oracle")
             rows = dict(result)
             if len(rows) > 1:
                 rows["overall"] = Tally.total(list(result.values()))
@@ -188,4 +198,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app(prog_name="python -m hastelm.bench.replay")

@@ -7,14 +7,16 @@ one-token step. Nothing here goes into tests.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
+import typer
 
+from ..console import fail
 from ..decoding.speculative.cost import POINTS, CostModel, measure
 from ..engine import LLM
+from ..errors import HastelmError
 from ..models.transformer import Transformer
 
 BATCHES = (1, 2, 4, 8, 16)
@@ -50,24 +52,30 @@ def curve(model: Transformer, prefix: int = 200) -> CostModel:
     return measure(model, cache, 0, POINTS[-1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-m", "--model", default="smollm2-135m")
-    ap.add_argument("--prefix", type=int, default=200, help="cached tokens before the measured step")
-    ap.add_argument("--repeats", type=int, default=30)
-    args = ap.parse_args()
-    model = LLM(args.model).model
-    costs = curve(model, args.prefix)
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=" ".join(__doc__.split("\n\n")[0].split()))   # the first paragraph
+def main(
+    model: str = typer.Option("smollm2-135m", "-m", "--model"),
+    prefix: int = typer.Option(200, "--prefix", help="cached tokens before the measured step"),
+    repeats: int = typer.Option(30, "--repeats"),
+) -> None:
+    try:
+        transformer = LLM(model).model
+    except HastelmError as exc:
+        fail(str(exc))
+    costs = curve(transformer, prefix)
     one = costs.seconds[1] * 1e3
     print(f"{'draft tokens':>12} {'ms':>8} {'x 1 token':>10}")
     for t in costs.points:
         ms = costs.seconds[t] * 1e3
         print(f"{t:>12} {ms:>8.2f} {ms / one:>9.2f}x")
     print(f"\n{'batch rows':>12} {'ms':>8} {'x 1 row':>10}")
-    batch = {b: batch_ms(model, args.prefix, b, args.repeats) for b in BATCHES}
+    batch = {b: batch_ms(transformer, prefix, b, repeats) for b in BATCHES}
     for b, ms in batch.items():
         print(f"{b:>12} {ms:>8.2f} {ms / batch[1]:>9.2f}x")
 
 
 if __name__ == "__main__":
-    main()
+    app(prog_name="python -m hastelm.bench.step_cost")

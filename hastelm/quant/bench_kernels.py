@@ -8,14 +8,16 @@ CPU time, which other processes cannot inflate at all.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import typer
 
+from ..console import fail
 from .ggml_blocks import int4_matmul, pack_int4_for_cpu
 from .kernels import int4_gemm, native, pack_int4
 
@@ -64,27 +66,44 @@ def bench_shape(n: int, k: int, rows: tuple[int, ...], clock: Callable[[], float
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rows", type=int, nargs="*", default=list(ROWS))
-    ap.add_argument("--calls", type=int, default=50, help="timed calls per figure (the median counts)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=" ".join(__doc__.split("\n\n")[0].split()),   # the first paragraph
+             context_settings={"allow_extra_args": True})
+def main(
+    ctx: typer.Context,
+    threads: int = typer.Option(2, "--threads"),
+    rows: Optional[list[int]] = typer.Option(
+        None, "--rows", show_default=" ".join(map(str, ROWS)),
+        help="activation rows M: --rows 1 8 512 (or --rows 1 --rows 8)"),
+    calls: int = typer.Option(50, "--calls", help="timed calls per figure (the median counts)"),
+) -> None:
+    # a click option takes one value; the values after the first of `--rows 1 8 512` arrive as
+    # extra arguments (argparse's nargs="*", which this command had, took them all)
+    if ctx.args and not rows:
+        fail(f"unexpected argument {ctx.args[0]!r} (row counts go after --rows: --rows 1 8 512)")
+    try:
+        rows = [*(rows or ROWS), *(int(a) for a in ctx.args)]
+    except ValueError:
+        fail(f"--rows takes whole numbers: {' '.join(ctx.args)!r}")
+    if threads < 1 or calls < 1 or min(rows) < 1:
+        fail("--threads, --calls and --rows must be >= 1")
+    torch.set_num_threads(threads)
     if native() is None:
         print("hastelm int4 kernel unavailable here (see warnings); only torch columns are measured")
     # one thread runs in this thread, so its CPU time is the cost without other processes' share
-    clock = time.thread_time if args.threads == 1 else time.perf_counter
-    kind = "thread CPU time" if args.threads == 1 else "wall time"
-    print(f"threads={args.threads}; median {kind} of one call, in microseconds (>= {args.calls} calls)")
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    kind = "thread CPU time" if threads == 1 else "wall time"
+    print(f"threads={threads}; median {kind} of one call, in microseconds (>= {calls} calls)")
     for n, k in SHAPES:
         print(f"\nweight {n}x{k}")
         print(f"{'M':>5} {'torch int4':>11} {'hastelm':>9} {'dense bf16':>11} {'vs torch':>9} {'vs own M=1':>11}")
-        rows = bench_shape(n, k, tuple(args.rows), clock, args.calls)
-        base = rows[0][2]
-        for m, a, b, c in rows:
+        measured = bench_shape(n, k, tuple(rows), clock, calls)
+        base = measured[0][2]
+        for m, a, b, c in measured:
             print(f"{m:>5} {a:>11.1f} {b:>9.1f} {c:>11.1f} {a / b:>8.2f}x {b / base:>10.2f}x")
 
 
 if __name__ == "__main__":
-    main()
+    app(prog_name="python -m hastelm.quant.bench_kernels")
