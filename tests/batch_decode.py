@@ -21,6 +21,7 @@ class BatchRun:
     outputs: list[list[int]]    # each request's tokens, in the order of the prompts
     accepted: int               # draft tokens accepted, over all requests
     steps: int                  # per-request decode steps after the first token
+    proposed: int = 0           # draft nodes verified, over all requests (0: no draft was ever verified)
 
 
 def decode_batch(llm: Any, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
@@ -30,7 +31,7 @@ def decode_batch(llm: Any, prompts: list[list[int]], params: SamplingParams | li
     cache = llm.model.new_cache(max(map(len, prompts)) + max(p.max_tokens for p in params) + TREE_ROOM,
                                 slots=len(prompts))
     seqs = [llm.new_sequence(ids, p, slot=i, index=i) for i, (ids, p) in enumerate(zip(prompts, params))]
-    firsts = [llm.prefill(s, cache=cache, reuse_prefix=False) for s in seqs]
+    firsts = [llm.prefill(s, cache) for s in seqs]
     return run_batch(llm, cache, seqs, firsts, strategy)
 
 
@@ -59,6 +60,7 @@ def run_batch(llm: Any, cache: Any, seqs: list[Sequence], firsts: list[StepOutco
         while active:
             outcomes = strategy.step_batch(llm.model, cache, active)
             run.accepted += sum(o.accepted for o in outcomes)
+            run.proposed += sum(o.proposed for o in outcomes)
             run.steps += len(outcomes)
             results = [llm.advance(s, o, 0.0) for s, o in zip(active, outcomes)]
             for s, r in zip(active, results):

@@ -35,8 +35,7 @@ def test_prefix_reuse_gives_the_same_tokens_as_a_fresh_cache(mode, request):
     first = llm.generate(base, params)[0]
     extended = base + first.text + " And vegetables:"
     reused = llm.generate(extended, params)[0]           # reuses the cached prefix (whole chunks of it)
-    llm.cache.reset(0)
-    llm._cached_ids = []
+    llm.clear_prefix_cache()
     fresh = llm.generate(extended, params)[0]
     assert len(llm.encode_prompt(base)) > PREFILL_CHUNK      # so a whole chunk is reused
     assert reused.token_ids == fresh.token_ids

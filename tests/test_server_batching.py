@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from hastelm.decoding.sampling import SamplingParams
-from hastelm.scheduler import Job, Scheduler
+from hastelm.decoding.choices import DecodingChoices
+from hastelm.engine.scheduler import Job
+from hastelm.server.worker import ServingScheduler
 from server_support import RunningServer
 
 PROMPTS = ["Hi", "What is the capital of France? Answer with its history in detail, please.",
@@ -42,8 +44,13 @@ def test_greedy_text_same_alone_and_among_8_concurrent(llm_fast):
     assert together == alone
 
 
+def _serving(llm, **options) -> ServingScheduler:
+    return ServingScheduler(llm.model, llm.tokenizer, llm.context_length, DecodingChoices(llm.strategy, []),
+                            **options)
+
+
 def test_long_prompt_is_prefilled_between_decode_steps(llm_fast):
-    sched = Scheduler(llm_fast, max_batch=2, max_queue=2, prefill_chunk=32)
+    sched = _serving(llm_fast, max_batch=2, max_queue=2, prefill_chunk=32)
     events: queue.Queue = queue.Queue()
     sched.start()
     try:
@@ -75,7 +82,7 @@ def test_scheduler_computes_with_its_own_thread_count(llm_fast):
     main_threads = torch.get_num_threads()
     wanted = 1 if main_threads > 1 else 2
     seen: queue.Queue = queue.Queue()
-    sched = Scheduler(llm_fast, max_batch=1, max_queue=1, threads=wanted)
+    sched = _serving(llm_fast, max_batch=1, max_queue=1, threads=wanted)
     sched.start()
     try:
         sched.submit([Job(llm_fast.encode_prompt("Hi"), SamplingParams(max_tokens=1, temperature=0),

@@ -19,7 +19,6 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..decoding.choices import DecodingChoices
-from ..scheduler import Scheduler
 from .errors import APIError, api_error, install_error_handlers
 from .generation import ClientGone, Generation
 from .limits import BodyLimit, ConnectionLimits
@@ -30,6 +29,7 @@ from .responses import Header, chat_completion, completion
 from .schemas import (ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorResponse,
                       ModelCard, ModelList, SamplingFields)
 from .stream import EventStream, StreamSpec, chat_events, completion_events
+from .worker import ServingScheduler
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16     # OpenAI's default for /v1/completions
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -39,7 +39,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 @dataclass
 class ServerState:
     llm: Any
-    scheduler: Scheduler
+    scheduler: ServingScheduler
     model_id: str
     api_key: str | None = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -89,8 +89,8 @@ def create_app(llm: Any, *, model_id: str | None = None, max_batch: int = 8, max
     """`speculative`: the methods requests may name, all built now (the first is the default;
     None: the LLM's default). Nothing a request sends loads a model or touches a file."""
     choices = DecodingChoices(llm.strategy, llm.default_speculative if speculative is None else speculative)
-    scheduler = Scheduler(llm, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk,
-                          choices=choices, threads=threads)
+    scheduler = ServingScheduler(llm.model, llm.tokenizer, llm.context_length, choices, max_batch=max_batch,
+                                 max_queue=max_queue, prefill_chunk=prefill_chunk, threads=threads)
     limits = limits or ConnectionLimits()
     longest_token_bytes(llm.tokenizer)       # computed once now, not on a request's clock
     state = ServerState(llm, scheduler, model_id or model_id_for(llm.name), api_key, created=int(time.time()))

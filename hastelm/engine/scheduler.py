@@ -1,14 +1,18 @@
-"""Continuous batching of many requests over one model.
+"""Continuous batching of many requests over one model, one synchronous `step()` at a time.
 
-One background thread owns a multi-slot KV cache (`max_batch` slots). Every iteration it
+The scheduler owns a multi-slot KV cache (`max_batch` slots). Every `step()`
 1. drops cancelled requests and frees their slots,
-2. admits queued requests into free slots,
+2. admits queued requests into free slots (a slot whose cache still holds a prefix of the new
+   prompt, in whole prefill chunks, keeps it: multi-turn chats skip what they already computed),
 3. prefills prompts in chunks of `prefill_chunk` tokens (at most about two chunks' worth per
-   iteration, so a long prompt never stalls the streams already running for long), the chunks
-   of several new requests together in one padded forward,
+   step, so a long prompt never stalls the streams already running for long), the chunks of
+   several new requests together in one padded forward,
 4. runs one decode step for every request past its prefill: plain requests share one batched
    forward (`PlainDecoding.step_batch`); requests with the same speculative proposer verify their
    draft trees together in one forward (`SpeculativeDecoding.step_batch`).
+
+`LLM.generate` and `LLM.stream` call `step()` until their requests finish; the server calls it
+from its own thread (`server/worker.py`). Results reach each job through its `deliver` callback.
 
 Prefill covers `ids[:-1]`; the last prompt token is the sequence's pending token, so the first
 output token comes from an ordinary decode step, the same path as every later token. Chunk
@@ -23,16 +27,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from .decoding.choices import DecodingChoices, Strategy, StrategyError
-from .decoding.plain import StepOutcome
-from .decoding.sampling import SamplingParams, top_logprobs
-from .decoding.sequence import Sequence
-from .decoding.step import StepResult, TokenLogprob
-from .errors import HastelmError
+from ..decoding.choices import DecodingChoices, Strategy
+from ..decoding.plain import PlainDecoding, StepOutcome
+from ..decoding.sampling import SamplingParams, top_logprobs
+from ..decoding.sequence import Sequence
+from ..decoding.step import StepResult, TokenLogprob
+from ..errors import HastelmError
+from ..formats.tokenizer import Tokenizer
+from ..models.transformer import Transformer
+from .sequence import apply_step, start_sequence
 
 log = logging.getLogger("hastelm.scheduler")
 
@@ -71,64 +77,43 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, llm: Any, *, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256,
-                 choices: DecodingChoices | None = None, threads: int | None = None) -> None:
-        """`choices`: the decoding methods requests may name (default: plain and the LLM's own
-        default method); `threads`: torch's compute threads on the scheduler thread (None: leave
-        torch's setting)."""
-        if max_batch < 1 or max_queue < 0 or prefill_chunk < 1 or (threads is not None and threads < 1):
-            raise HastelmError("max_batch, prefill_chunk and threads must be >= 1, max_queue >= 0")
-        self.llm = llm
-        self.threads = threads
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, context_length: int, choices: DecodingChoices, *,
+                 max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256) -> None:
+        """`choices`: the decoding methods a job may name (a job may also bring its own strategy)."""
+        if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
+            raise HastelmError("max_batch and prefill_chunk must be >= 1, max_queue >= 0")
+        self.model, self.tokenizer, self.context_length = model, tokenizer, context_length
+        self.choices = choices
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
-        self.choices = choices or DecodingChoices(llm.strategy, llm.default_speculative)
-        self.failure: str | None = None      # why the scheduler thread ended, if it crashed
-        self.cache = llm.model.new_cache(llm.context_length, slots=max_batch)
+        self.cache = model.new_cache(context_length, slots=max_batch)
         self.queue: deque[Job] = deque()
         self.slots: list[Job | None] = [None] * max_batch
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self.decode_steps = 0       # batched forwards run, and the rows they carried (mean batch size)
+        self.cached_ids: list[list[int]] = [[] for _ in range(max_batch)]   # what a free slot's cache holds
+        self.lock = threading.Condition()      # submit/cancel may come from other threads
+        self.decode_steps = 0       # batched plain forwards run, and the rows they carried (mean batch size)
         self.decode_rows = 0
         self.peak_batch = 0
 
-    # ---- called from other threads ---------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is None:
-            self._stopping = False
-            self._thread = threading.Thread(target=self._loop, name="hastelm-scheduler", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
+    # ---- requests in ------------------------------------------------------------------------
     def submit(self, jobs: list[Job]) -> None:
         """Queue all of `jobs` or none: raises QueueFullError when they do not fit."""
-        with self._wake:
-            if self._stopping or not self.alive:
-                raise SchedulerStopped(self.failure or "the server is shutting down")
+        with self.lock:
             room = self.max_queue + self.free_slots - len(self.queue)
             if len(jobs) > room:
                 raise QueueFullError(f"server busy: {len(self.queue)} requests waiting "
                                      f"(limit {self.max_queue}); retry later")
             self.queue.extend(jobs)
-            self._wake.notify()
+            self.lock.notify()
 
     def cancel(self, job: Job) -> None:
         """Stop generating for `job` and free its slot (at the next step boundary)."""
-        with self._wake:
+        with self.lock:
             job.cancel()
-            self._wake.notify()
+            self.lock.notify()
 
     @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def has_work(self) -> bool:
+        return bool(self.queue) or self.running > 0
 
     @property
     def free_slots(self) -> int:
@@ -142,28 +127,19 @@ class Scheduler:
     def running(self) -> int:
         return self.max_batch - self.free_slots
 
-    # ---- the scheduler thread ----------------------------------------------------------------
-    def _loop(self) -> None:
-        if self.threads is not None:    # OpenMP's team size is per thread: set it where the forwards run
-            torch.set_num_threads(self.threads)
-        try:
-            while self._iterate():
-                pass
-        except BaseException:    # only a bug gets here; every waiting request is answered below
-            log.exception("the scheduler thread crashed")
-            self.failure = "the server cannot generate (internal error); it must be restarted"
-            raise
-        finally:
-            self._shutdown()
+    def clear_prefixes(self) -> None:
+        """Forget what free slots hold: the next requests compute their prompts from scratch."""
+        with self.lock:
+            for slot, job in enumerate(self.slots):
+                if job is None:
+                    self.cache.reset(slot)
+                    self.cached_ids[slot] = []
 
-    def _iterate(self) -> bool:
-        """One scheduler step; False once stopping. A failure fails the requests it touched, never
-        the thread: the next step serves the rest."""
-        with self._wake:
-            while not self._stopping and not self.queue and self.running == 0:
-                self._wake.wait()
-            if self._stopping:
-                return False
+    # ---- one step ------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Retire, admit, prefill and decode once. A failure fails the requests it touched, never
+        the scheduler: the next step serves the rest."""
+        with self.lock:
             try:
                 self._reap()
                 self._admit()
@@ -174,7 +150,14 @@ class Scheduler:
             self._decode()
         except Exception as exc:
             self._fail_running(exc)
-        return True
+
+    def fail_all(self, exc: BaseException) -> None:
+        """End every queued and running job with `exc` (shutdown, or a crashed serving thread)."""
+        with self.lock:
+            pending = list(self.queue) + [j for j in self.slots if j is not None]
+            self.queue.clear()
+        for job in pending:
+            self._fail(job, exc)
 
     def _fail_running(self, exc: Exception) -> None:
         log.exception("scheduler step failed", exc_info=exc)
@@ -189,22 +172,33 @@ class Scheduler:
                 self._release(job)
 
     def _admit(self) -> None:
-        for slot, held in enumerate(self.slots):
-            if held is None and self.queue:
-                job = self.queue.popleft()
-                self.slots[slot] = job
-                try:
-                    job.strategy = self._strategy(job)
-                    job.seq = self.llm.new_sequence(job.ids, job.params, slot=slot, index=job.index)
-                except Exception as exc:
-                    self._fail(job, exc)
-                    continue
-                if job.prompt_logprobs is not None:
-                    job.prompt_scores = [None]        # nothing predicts the first prompt token
-                self.cache.reset(slot)
+        while self.queue and self.free_slots:
+            job = self.queue.popleft()
+            slot = self._slot_for(job)
+            self.slots[slot] = job
+            try:
+                job.strategy = job.strategy or self.choices.resolve(job.speculative)
+                job.seq = start_sequence(job.ids, job.params, self.tokenizer, self.context_length,
+                                         self.model.config.vocab_size, slot=slot, index=job.index)
+            except Exception as exc:
+                self._fail(job, exc)
+                continue
+            if job.prompt_logprobs is not None:
+                job.prompt_scores = [None]        # nothing predicts the first prompt token
 
-    def _strategy(self, job: Job) -> Strategy:
-        return self.choices.resolve(job.speculative)
+    def _slot_for(self, job: Job) -> int:
+        """The free slot whose cache holds the longest prefix of the job's prompt (in whole chunks,
+        so what is left is computed exactly as a fresh prefill would); that prefix stays cached."""
+        best, keep = -1, -1
+        for slot, held in enumerate(self.slots):
+            if held is None:
+                n = 0 if job.prompt_logprobs is not None else _common_prefix(self.cached_ids[slot], job.ids[:-1])
+                n = n // self.prefill_chunk * self.prefill_chunk
+                if n > keep:
+                    best, keep = slot, n
+        self.cache.trim(self.cache.length(best) - keep, best)
+        self.cached_ids[best] = []
+        return best
 
     def _prefilling(self) -> list[Job]:
         return [j for j in self.slots if j is not None and j.seq and self._todo(j) > 0]
@@ -214,7 +208,7 @@ class Scheduler:
 
     def _prefill(self) -> None:
         """The next chunk of each prefilling request, about two chunks' worth of tokens per
-        iteration, in one padded forward: each row computes exactly what it would alone (matmul
+        step, in one padded forward: each row computes exactly what it would alone (matmul
         rows are batch-independent; each row gets its own attention)."""
         budget = 2 * self.prefill_chunk
         chunks: list[tuple[Job, int, int]] = []
@@ -246,14 +240,14 @@ class Scheduler:
             for chunk in chunks:          # padding would not fit at the end of the context
                 self._forward_chunks([chunk])
             return
-        dev = self.llm.device
+        dev = self.model.device
         toks = torch.tensor([job.ids[lo:hi] + [0] * (width - hi + lo) for job, lo, hi in chunks], device=dev)
         pos = torch.tensor([list(range(lo, lo + width)) for _, lo, _ in chunks], device=dev)
         job, lo, hi = chunks[0]
         scoring = job.prompt_logprobs is not None
-        logits = self.llm.model(toks, pos, self.cache, slots=[j.seq.slot for j, _, _ in chunks],
-                                last_only=not scoring,
-                                valid=[hi - lo for _, lo, hi in chunks] if len(chunks) > 1 else None)
+        logits = self.model(toks, pos, self.cache, slots=[j.seq.slot for j, _, _ in chunks],
+                            last_only=not scoring,
+                            valid=[hi - lo for _, lo, hi in chunks] if len(chunks) > 1 else None)
         if scoring:
             for i, tok in enumerate(job.ids[lo + 1:hi + 1]):
                 job.prompt_scores.append(TokenLogprob(tok, *top_logprobs(logits[0, i], tok, job.prompt_logprobs)))
@@ -268,13 +262,13 @@ class Scheduler:
             groups.setdefault(id(job.strategy), []).append(job)
         for jobs in groups.values():
             strategy = jobs[0].strategy
-            if strategy is self.llm.plain:
+            if isinstance(strategy, PlainDecoding):
                 self.decode_steps += 1
                 self.decode_rows += len(jobs)
                 self.peak_batch = max(self.peak_batch, len(jobs))
             t0 = time.perf_counter()
             try:
-                outcomes = strategy.step_batch(self.llm.model, self.cache, [j.seq for j in jobs])
+                outcomes = strategy.step_batch(self.model, self.cache, [j.seq for j in jobs])
             except Exception as exc:
                 for job in jobs:
                     self._fail(job, exc)
@@ -285,7 +279,7 @@ class Scheduler:
 
     def _advance(self, job: Job, outcome: StepOutcome, elapsed: float) -> None:
         try:
-            result = self.llm.advance(job.seq, outcome, elapsed)
+            result = apply_step(job.seq, outcome, elapsed)
         except Exception as exc:
             self._fail(job, exc)
             return
@@ -293,7 +287,7 @@ class Scheduler:
 
     def _emit(self, job: Job, result: StepResult) -> None:
         if result.finish_reason is not None:
-            self._release(job)
+            self._release(job, finished=True)
         if not job.cancelled:
             job.deliver(job, result)
 
@@ -302,24 +296,32 @@ class Scheduler:
         if not job.cancelled:
             job.deliver(job, exc)
 
-    def _release(self, job: Job) -> None:
+    def _release(self, job: Job, finished: bool = False) -> None:
+        """Free the job's slot; a finished job's cache stays as a prefix for the next request."""
         job.done = True
-        if job.seq is None:
-            if job in self.slots:
-                self.slots[self.slots.index(job)] = None
+        if job not in self.slots:
             return
-        slot = job.seq.slot
-        self.cache.reset(slot)
+        slot = self.slots.index(job)
         self.slots[slot] = None
-        if job.strategy is not None:
+        seq = job.seq
+        if finished and seq is not None and job.prompt_logprobs is None:
+            # the cache holds ids[:-1] (or more, when a stop string cut accepted tokens)
+            held = min(self.cache.length(slot), len(seq.ids) - 1)
+            self.cache.trim(self.cache.length(slot) - held, slot)
+            self.cached_ids[slot] = seq.ids[:held]
+        else:
+            self.cache.reset(slot)
+            self.cached_ids[slot] = []
+        if job.strategy is not None and seq is not None:
             try:
-                job.strategy.release(job.seq)
+                job.strategy.release(seq)
             except Exception:     # e.g. a proposer's file could not be written: the request is done anyway
                 log.exception("releasing a request's decoding state failed")
 
-    def _shutdown(self) -> None:
-        with self._wake:
-            pending = list(self.queue) + [j for j in self.slots if j is not None]
-            self.queue.clear()
-        for job in pending:
-            self._fail(job, SchedulerStopped("the server is shutting down"))
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
