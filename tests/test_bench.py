@@ -149,6 +149,30 @@ def test_core_tests_use_fresh_random_prompts_and_count_tokens():
     assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
+class BatchingEngine(CountingEngine):
+    """Batched outputs differ from one-at-a-time ones when `broken`."""
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__()
+        self.broken, self.calls = broken, []
+
+    def generate_all(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        self.calls.append(len(prompts))
+        shift = 1 if self.broken and len(prompts) > 1 else 0
+        return [[(p[0] + i + shift) % 100 for i in range(max_tokens)] for p in prompts]
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_batch_test_compares_batched_with_one_at_a_time(broken):
+    engine, progress = BatchingEngine(broken), []
+    tg, one, batched = core_tests(engine, [("tg", 8), ("batch", 3)], reps=2,
+                                  progress=lambda d, t: progress.append((d, t)))
+    assert one["test"] == "one at a time 3x8" and batched["test"] == "batched 3x8"
+    assert engine.calls == [1, 1, 1, 3, 3, 3]          # alone each, then a warm-up and 2 batched reps
+    assert batched["same_as_one_at_a_time"] is (not broken)
+    assert batched["x_one_at_a_time"] > 0 and progress[-1] == (7, 7)
+
+
 def _record(item: int, category: str, tokens: int, seconds: float, sha: str, steps=None, accepted=None,
             proposed=None) -> dict:
     return {"item": item, "turn": 0, "category": category, "prompt_tokens": 10, "tokens": tokens,
@@ -211,11 +235,12 @@ def test_a_failing_benchmark_process_gives_one_line(tmp_path):
 
 def test_core_bench_cli_writes_json_and_plot(tmp_path):
     out, png = tmp_path / "core.json", tmp_path / "core.png"
-    result = runner.invoke(app, ["bench", "-p", "8", "-n", "4", "-r", "1", "--engines", "hastelm",
+    result = runner.invoke(app, ["bench", "-p", "8", "-n", "4", "-r", "1", "-b", "3", "--engines", "hastelm",
                                  "--json", str(out), "--plot", str(png)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert [r["test"] for r in data["results"]] == ["pp8", "tg4"]
+    assert [r["test"] for r in data["results"]] == ["pp8", "tg4", "one at a time 3x4", "batched 3x4"]
+    assert data["results"][-1]["same_as_one_at_a_time"] is True     # LLM.generate batched = alone
     for row in data["results"]:
         assert CORE_KEYS <= set(row) and row["engine"] == "hastelm" and row["method"] == "plain"
         assert row["tokens_per_s"] > 0 and row["peak_rss_mb"] > 50 and row["reps"] == 1

@@ -36,6 +36,8 @@ def bench(
     engines: str = typer.Option(",".join(ENGINES), "--engines", help="comma list; peers not installed are skipped"),
     prompt_tokens: int = typer.Option(512, "-p", "--n-prompt", help="pp test size (0 skips it)"),
     gen_tokens: int = typer.Option(128, "-n", "--n-gen", help="tg test size (0 skips it)"),
+    batch: int = typer.Option(32, "-b", "--batch",
+                              help="prompts of -n tokens through LLM.generate, one at a time and batched (0 skips it)"),
     reps: int = typer.Option(5, "-r", "--repetitions", help="timed repetitions after one warm-up"),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="threads per engine (default: all cores)"),
     dtype: str = typer.Option("auto", "--dtype", help="hastelm's mode: auto|float32|bfloat16"),
@@ -65,7 +67,7 @@ def bench(
                             _device(device))
         spec = _workload_spec(workload, prompts, speculative)
         if spec is None:
-            _core(settings, prompt_tokens, gen_tokens, reps, json_path, plot_path)
+            _core(settings, prompt_tokens, gen_tokens, reps, batch, json_path, plot_path)
         else:
             methods = _methods(speculative)
             _workload(settings, spec, methods, limit, peer_limit, max_tokens, rounds, json_path, plot_path)
@@ -73,19 +75,23 @@ def bench(
         fail(str(exc))
 
 
-def _core(s, prompt_tokens: int, gen_tokens: int, reps: int, json_path: Optional[Path],
+def _core(s, prompt_tokens: int, gen_tokens: int, reps: int, batch: int, json_path: Optional[Path],
           plot_path: Optional[Path]) -> None:
     from . import report
     from .jobs import core_jobs, run_jobs
 
-    if prompt_tokens < 0 or gen_tokens < 0 or prompt_tokens + gen_tokens == 0:
-        raise HastelmError("-p and -n must be >= 0, and not both 0")
-    results = run_jobs(core_jobs(s, prompt_tokens, gen_tokens, reps), err)
+    if prompt_tokens < 0 or gen_tokens < 0 or batch < 0 or prompt_tokens + gen_tokens == 0:
+        raise HastelmError("-p, -n and -b must be >= 0, and -p and -n not both 0")
+    results = run_jobs(core_jobs(s, prompt_tokens, gen_tokens, reps, batch), err)
     rows = [{"engine": r["engine"], "method": r["method"], "dtype": r["dtype"], **test,
              "peak_rss_mb": r["peak_rss_mb"], **_gpu(r), "threads": s.threads}
             for r in results for test in r["tests"]]
     title = f"{s.model.name} · {_where(s)} · {reps} reps after 1 warm-up"
     out.print(report.core_table(rows, title))
+    for r in rows:
+        if "x_one_at_a_time" in r:
+            same = "identical" if r["same_as_one_at_a_time"] else "DIFFERENT"
+            out.print(f"{r['engine']} {r['test']}: {r['x_one_at_a_time']:.2f}x one at a time, outputs {same}")
     _save(rows, s, json_path, plot_path, "test", title)
 
 

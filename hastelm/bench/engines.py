@@ -34,6 +34,11 @@ class Engine(Protocol):
         """Greedy generation; stops at a token in `stop_ids` (empty: never) or after `max_tokens`."""
 
 
+class BatchEngine(Engine, Protocol):
+    def generate_all(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        """Greedy generation of `max_tokens` tokens for every prompt in one call (the engine's own batching)."""
+
+
 ENGINES = ("hastelm", "transformers", "llama.cpp")
 _MODULES = {"hastelm": "torch", "transformers": "transformers", "llama.cpp": "llama_cpp"}
 # speculative methods each peer offers, besides plain decoding
@@ -71,6 +76,10 @@ class HastelmEngine:
 
     def prompt_eval(self, ids: list[int]) -> None:
         self.llm.generate([ids], self._params(1, set()), speculative="plain")
+
+    def generate_all(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        return [c.token_ids for c in self.llm.generate(prompts, self._params(max_tokens, set()), speculative="plain",
+                                                        progress=False)]
 
     def generate(self, ids: list[int], max_tokens: int, stop_ids: set[int]) -> Generation:
         t = time.perf_counter()

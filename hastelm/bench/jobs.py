@@ -22,11 +22,14 @@ class Settings:
     device: str = "cpu"      # "cpu" or "cuda" (llama.cpp runs its CPU build either way)
 
 
-def core_jobs(s: Settings, prompt_tokens: int, gen_tokens: int, reps: int) -> list[dict[str, Any]]:
-    """One process per engine runs its tests in turn, as llama-bench does; its peak RSS is the engine's."""
+def core_jobs(s: Settings, prompt_tokens: int, gen_tokens: int, reps: int, batch: int = 0) -> list[dict[str, Any]]:
+    """One process per engine runs its tests in turn, as llama-bench does; its peak RSS is the engine's.
+    `batch` prompts x `gen_tokens` run through hastelm's `LLM.generate` one at a time and batched."""
     tests = [[test, n] for test, n in (("pp", prompt_tokens), ("tg", gen_tokens)) if n > 0]
     # llama-bench's context: just what the tests need (llama.cpp allocates its whole KV cache up front)
-    return [_job(s, engine, "plain", kind="core", tests=tests, reps=reps, context=prompt_tokens + gen_tokens + 16)
+    context = prompt_tokens + gen_tokens + 16
+    return [_job(s, engine, "plain", kind="core", reps=reps, context=context,
+                 tests=tests + ([["batch", batch]] if engine == "hastelm" and batch and gen_tokens else []))
             for engine in s.engines]
 
 
