@@ -1,10 +1,10 @@
-"""Builds hastelm's CPU kernels (hastelm/quant/csrc) at install time as `hastelm.quant._cpu_kernels`.
+"""Builds hastelm's CPU kernels (hastelm/kernels/csrc) at install time as `hastelm.kernels._cpu_kernels`.
 
 Everything else about the package is in pyproject.toml. torch is deliberately not a build
 requirement: build isolation would fetch a torch (a CUDA build) just to compile against, so
 scripts/setup.sh installs the CPU torch first and then builds with `pip install
 --no-build-isolation`. When torch is not importable at build time (a plain `pip install .`), or
-the compile fails, the package installs without the module and hastelm.quant.kernels compiles
+the compile fails, the package installs without the module and hastelm.kernels.cpu compiles
 the same sources on first use instead.
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-CSRC = Path("hastelm", "quant", "csrc")
+CSRC = Path("hastelm", "kernels", "csrc")
 
 
 def build_hash(torch_version: str) -> str:
-    """Of the csrc/ files and torch's version, as hastelm.quant.kernels.build_hash computes it."""
+    """Of the csrc/ files and torch's version, as hastelm.kernels.cpu.build_hash computes it."""
     digest = hashlib.sha256(torch_version.encode())
     for path in sorted((ROOT / CSRC).iterdir()):
         if path.suffix in (".cpp", ".h"):
@@ -78,7 +78,7 @@ def kernels() -> dict:
 
     # The flags of the run-time build (kernels._compile): -O3, and -fopenmp, without which
     # at::parallel_for silently runs on one thread. depends: a changed header rebuilds too.
-    ext = CppExtension("hastelm.quant._cpu_kernels", [str(CSRC / "cpu_kernels.cpp")],
+    ext = CppExtension("hastelm.kernels._cpu_kernels", [str(CSRC / "cpu_kernels.cpp")],
                        depends=[str(p) for p in sorted(CSRC.glob("*.h"))],
                        define_macros=[("HASTELM_BUILD_HASH", tag)],
                        extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"])

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from gguf_factory import write_tiny_gguf
 from hastelm.cli import app
 from hastelm.errors import ContextOverflowError, InvalidParameterError
-from hastelm.quant.kernels import COMPILING_NOTICE
+from hastelm.kernels.cpu import COMPILING_NOTICE
 
 runner = CliRunner()
 

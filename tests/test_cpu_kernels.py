@@ -13,8 +13,8 @@ import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-from hastelm.quant import kernels
-from hastelm.quant.ggml_blocks import int4_groups
+from hastelm.kernels import cpu as kernels
+from hastelm.formats.ggml_blocks import int4_groups
 from hastelm.quant.linear import Int4Linear, Int8Linear
 
 U_FP32 = 2.0 ** -24   # unit roundoff of fp32 accumulation
@@ -54,10 +54,10 @@ def kernel():
 
 @needs_kernel
 def test_the_install_built_the_kernels(tmp_path: Path) -> None:
-    """setup.py built hastelm.quant._cpu_kernels at install, and a fresh process uses it as is:
+    """setup.py built hastelm.kernels._cpu_kernels at install, and a fresh process uses it as is:
     nothing compiles, nothing is written to the kernel cache."""
     env = {k: v for k, v in os.environ.items() if k != "HASTELM_NO_KERNELS"}
-    code = "from hastelm.quant import kernels; m = kernels.native(); print(m and m.__name__)"
+    code = "from hastelm.kernels import cpu as kernels; m = kernels.native(); print(m and m.__name__)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**env, "XDG_CACHE_HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
@@ -72,7 +72,7 @@ def test_kernel_builds_on_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the install's module (a `pip install .` with build isolation has no torch to build
     against), the first call compiles (~30 s); later sessions load the cached build."""
     monkeypatch.delenv("HASTELM_NO_KERNELS", raising=False)
-    monkeypatch.setattr(kernels, "_PREBUILT", "hastelm.quant._not_built")
+    monkeypatch.setattr(kernels, "_PREBUILT", "hastelm.kernels._not_built")
     kernels._load.cache_clear()
     try:
         mod = kernels.native()
@@ -185,7 +185,7 @@ def test_fallback_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_build_failure_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HASTELM_NO_KERNELS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(kernels, "_PREBUILT", "hastelm.quant._not_built")
+    monkeypatch.setattr(kernels, "_PREBUILT", "hastelm.kernels._not_built")
     monkeypatch.setattr(kernels, "_SOURCES", [tmp_path / "missing.cpp"])
     kernels._load.cache_clear()
     try:

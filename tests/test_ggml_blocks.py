@@ -1,4 +1,4 @@
-"""hastelm.quant.ggml_blocks against the gguf package's numpy reference decoders (ggml-quants.c ports)."""
+"""hastelm.formats.ggml_blocks against the gguf package's numpy reference decoders (ggml-quants.c ports)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from gguf.quants import dequantize as ref_dequantize
 
 from hastelm.errors import ModelLoadError, UnsupportedError
 from hastelm.formats.gguf_file import open_gguf
-from hastelm.quant import ggml_blocks
-from hastelm.quant.ggml_blocks import dequantize, int4_groups, int4_matmul, pack_int4_for_cpu
+from hastelm.formats import ggml_blocks
+from hastelm.formats.ggml_blocks import dequantize, int4_groups, int4_matmul, pack_int4_for_cpu
 
 BLOCK_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_K]
 INT4_TYPES = [T.Q4_0, T.Q4_1, T.Q4_K]

@@ -1,5 +1,5 @@
 """The measurement tools' command lines (`python -m hastelm.bench.replay`, `hastelm.bench.step_cost`,
-`hastelm.quant.bench_kernels`): typer apps like `hastelm` itself; --help works, a bad value is a
+`hastelm.kernels.bench`): typer apps like `hastelm` itself; --help works, a bad value is a
 usage error (exit 2), and the tools' own errors are one line."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hastelm.bench import replay, step_cost
-from hastelm.quant import bench_kernels
+from hastelm.kernels import bench as bench_kernels
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InvalidParameterError
-from ..quant.kernels import argmax_rows, native, topk_rows
+from ..kernels.cpu import argmax_rows, native, topk_rows
 
 # Stop strings are checked after every token: bounded in number and length, a check costs at
 # most MAX_STOP_STRINGS x MAX_STOP_CHARS characters whatever the output's length.

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kv.cache import KVCache
-from ..quant.kernels import KernelRows, decode_attention, native, rms_norm, rope_qkv, silu_mul
+from ..kernels.cpu import KernelRows, decode_attention, native, rms_norm, rope_qkv, silu_mul
 from .config import ModelConfig
 from .rope import apply_rope, rope_table
 
@@ -134,15 +134,14 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                 slots: Sequence[int] | None = None, tree_mask: torch.Tensor | None = None,
                 layers: Sequence[int] | None = None, last_only: bool = False,
-                return_hidden: bool = False, valid: Sequence[int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                valid: Sequence[int] | None = None) -> torch.Tensor:
         """Run `tokens` `[B, T]` at RoPE `positions` `[B, T]`, appending their K/V to `cache`.
 
         New entries go after each slot's cached prefix, which they all see. Among themselves they
         attend causally, or by `tree_mask` `[T, T]` / `[B, T, T]` (True = may attend) for a draft
         tree. `layers` runs only those layers (self-speculative drafting). `valid` gives a padded prefill batch's
         real tokens per row: each row then attends exactly as it would alone, and its padding
-        leaves the cache. Returns float32 logits `[B, T, V]` (`[B, 1, V]` with `last_only`), plus
-        the final hidden states if asked.
+        leaves the cache. Returns float32 logits `[B, T, V]` (`[B, 1, V]` with `last_only`).
         """
         B, T = tokens.shape
         tokens, positions = tokens.to(self.device), positions.to(self.device)   # no-ops when already there
@@ -169,9 +168,7 @@ class Transformer(nn.Module):
         if valid is not None:
             for s, n in zip(slots, valid):
                 cache.trim(T - n, s)
-        h = x[:, -1:] if last_only else x
-        out = self.logits(h)
-        return (out, h) if return_hidden else out
+        return self.logits(x[:, -1:] if last_only else x)
 
     # ---- pieces --------------------------------------------------------------------------
     def _write_plan(self, cache: KVCache, slots: list[int], starts: list[int],

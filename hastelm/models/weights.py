@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..formats.gguf_file import GGUFFile
-from ..quant.ggml_blocks import check_supported, dequantize, int4_groups
+from ..formats.ggml_blocks import check_supported, dequantize, int4_groups
 
 Int4Groups = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

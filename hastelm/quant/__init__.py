@@ -1,1 +1,1 @@
-"""Quantised weights: GGML block decoders and packed low-bit matmul kernels."""
+"""Quantised weights as modules: packed int4 / int8 linears over hastelm/kernels."""

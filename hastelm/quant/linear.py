@@ -2,7 +2,7 @@
 
 GGUF Q4_0/Q4_1/Q4_K blocks are exactly `w = q * scale + offset` on groups of 32, so those weights
 stay packed with no requantization. They run through hastelm's own AVX512-VNNI kernel
-(quant/kernels.py) where it is available, for decode steps, draft verification and prefill alike:
+(kernels/cpu.py) where it is available, for decode steps, draft verification and prefill alike:
 activations quantized per row to int8, exact integer dot products, every output row bit-identical
 whatever the batch size. Elsewhere torch's CPU int4 op runs them.
 """
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ggml_blocks import int4_matmul, pack_int4_for_cpu
-from .kernels import BLOCK_COLS, GROUP, int4_gemm, int8_gemm, native, pack_int4, pack_int8, unpack_int8_rows
+from ..formats.ggml_blocks import int4_matmul, pack_int4_for_cpu
+from ..kernels.cpu import BLOCK_COLS, GROUP, int4_gemm, int8_gemm, native, pack_int4, pack_int8, unpack_int8_rows
 
 
 class DenseLinear(nn.Module):

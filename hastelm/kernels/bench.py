@@ -1,4 +1,4 @@
-"""Microbenchmark of the int4 GEMM: `python -m hastelm.quant.bench_kernels [--threads 2]`.
+"""Microbenchmark of the int4 GEMM: `python -m hastelm.kernels.bench [--threads 2]`.
 
 Prints, per weight shape and number of activation rows M, the time of torch's int4 op
 (`_weight_int4pack_mm_for_cpu`), hastelm's kernel and a dense bf16 `F.linear` on the same
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 import typer
 
 from ..console import fail
-from .ggml_blocks import int4_matmul, pack_int4_for_cpu
-from .kernels import int4_gemm, native, pack_int4
+from ..formats.ggml_blocks import int4_matmul, pack_int4_for_cpu
+from .cpu import int4_gemm, native, pack_int4
 
 SHAPES = ((3072, 576), (960, 576), (576, 1536))
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
@@ -106,4 +106,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app(prog_name="python -m hastelm.quant.bench_kernels")
+    app(prog_name="python -m hastelm.kernels.bench")

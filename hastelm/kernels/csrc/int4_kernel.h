@@ -14,7 +14,7 @@
 // row. A row computed alone is therefore bit-identical to the same row inside a larger batch,
 // which speculative verification and continuous batching need.
 //
-// Packed layout (built by hastelm/quant/kernels.py `pack_int4`): uint8 [N/16, K/32, B].
+// Packed layout (built by hastelm/kernels/cpu.py `pack_int4`): uint8 [N/16, K/32, B].
 // For each block of 16 output columns and each group of 32 k: 4 chunks of 64 bytes, then
 // 16 scales and 16 offsets, as fp16 (B = 320) when that is exact (Q4_0, Q4_1: their scales
 // are fp16 in the file; a fifth fewer bytes to stream) or else fp32 (B = 384, e.g. Q4_K).

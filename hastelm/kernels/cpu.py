@@ -6,7 +6,7 @@ rows bit-identical for any batch size); `int8_gemm` does the same for per-row in
 packed by `pack_int8` (csrc/int8_kernel.h); `rms_norm` normalises float32 rows in one call (csrc/rms_norm.h);
 `decode_attention` is one-token attention over each row's own cached keys
 (csrc/decode_attention.h: a row's result does not depend on the rest of the batch).
-The install builds the extension (setup.py) as `hastelm.quant._cpu_kernels`; it is used when it
+The install builds the extension (setup.py) as `hastelm.kernels._cpu_kernels`; it is used when it
 was built from the csrc/ files beside it. Otherwise (installed without torch at build time, no
 compiler then, or csrc/ edited since) it is compiled on first use, once, into
 ~/.cache/hastelm/torch_extensions (or under $XDG_CACHE_HOME) and reused.
@@ -31,7 +31,7 @@ GROUP = 32          # k values per scale/offset group
 BLOCK_COLS = 16     # output columns per packed block
 _CSRC = Path(__file__).parent / "csrc"
 _SOURCES = [_CSRC / "cpu_kernels.cpp"]   # includes the csrc/*.h kernels
-_PREBUILT = "hastelm.quant._cpu_kernels"   # setup.py's install-time build of _SOURCES
+_PREBUILT = "hastelm.kernels._cpu_kernels"   # setup.py's install-time build of _SOURCES
 
 
 def build_dir() -> Path:
