@@ -25,3 +25,24 @@ def test_a_prefill_reuses_freed_activations_instead_of_faulting_pages_in(llm_fas
 
     faults_of_one_prefill()            # the first one grows the heap
     assert min(faults_of_one_prefill() for _ in range(3)) < 2000
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_loading_another_model_keeps_the_running_memory_regime(llm_fast, smollm_path) -> None:
+    """A draft model loading later (load-time settings: small mmap threshold, trimming) must not
+    leave the engine's forwards page-faulting: the load ends in the running regime again."""
+    from hastelm.models.loader import load_model
+
+    if llm_fast.device.type != "cpu":
+        pytest.skip("CPU models only")
+    load_model(smollm_path, "fast")        # what `draft:MODEL` does
+    model = llm_fast.model
+    cache = model.new_cache(300)
+    model(torch.arange(256)[None] % 1000, torch.arange(256)[None], cache, last_only=True)
+    faults = []
+    for _ in range(3):
+        cache = model.new_cache(300)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        model(torch.arange(256)[None] % 1000, torch.arange(256)[None], cache, last_only=True)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert min(faults) < 2000

@@ -17,7 +17,6 @@ from ..decoding.step import Completion, StepResult
 from ..errors import ContextOverflowError, HastelmError, InvalidParameterError
 from ..models.loader import load_model
 from ..models.registry import DEFAULT_MODEL
-from ..system import keep_freed_memory
 from .scheduler import Job, Scheduler
 from .outputs import Collector
 from .sequence import apply_step, start_sequence
@@ -61,8 +60,6 @@ class LLM:
         if max_batch < 1:
             raise InvalidParameterError(f"max_batch must be >= 1, got {max_batch}")
         loaded = load_model(model, self.mode, self.device, progress)
-        if self.device.type == "cpu":
-            keep_freed_memory()
         self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
         self.name, self.path = loaded.name, loaded.path
         limit = self.config.max_position_embeddings

@@ -10,9 +10,9 @@ import torch
 from ..errors import ModelLoadError
 from ..formats.gguf_file import open_gguf
 from ..formats.tokenizer import Tokenizer
+from ..system import loading_memory, release_free_memory
 from .build import build_transformer
 from .config import ModelConfig
-from .memory import prefer_mmap_for_large_buffers, release_free_memory
 from .registry import resolve_model
 from .transformer import Transformer
 from .weights import GGUFWeights, SafetensorsWeights, WeightSource
@@ -42,16 +42,15 @@ def read_model_files(path: Path) -> tuple[ModelConfig, WeightSource, Tokenizer]:
 
 def load_model(model: str | Path, mode: str = "fast", device: str | torch.device = "cpu",
                progress: Callable[[int, int], None] | None = None) -> LoadedModel:
-    prefer_mmap_for_large_buffers()
     path = resolve_model(model)
-    config, source, tokenizer = read_model_files(path)
+    with loading_memory():
+        config, source, tokenizer = read_model_files(path)
 
-    def on_layer(done: int, total: int) -> None:
-        release_free_memory()     # after every layer: load-time temporaries never pile up into the peak
-        if progress:
-            progress(done, total)
+        def on_layer(done: int, total: int) -> None:
+            release_free_memory()     # after every layer: load-time temporaries never pile up into the peak
+            if progress:
+                progress(done, total)
 
-    transformer = build_transformer(config, source, mode, device, on_layer)
-    del source     # unmaps the file: its pages no longer count as resident
-    release_free_memory()
+        transformer = build_transformer(config, source, mode, device, on_layer)
+        del source     # unmaps the file: its pages no longer count as resident
     return LoadedModel(transformer, tokenizer, config, path, str(model))
