@@ -54,6 +54,8 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, streaming) with continuous batching."""
 
+    import uvicorn
+
     from ..console import fail, load_llm
     from ..errors import HastelmError
     from .app import create_app
