@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from hastelm.decoding.sampling import SamplingParams
 from hastelm.decoding.speculative import SpeculativeDecoding
-from hastelm.decoding.speculative.controller import PROBE_START, Controller
+from hastelm.decoding.speculative.controller import PROBE_START, Controller, Request
 from hastelm.decoding.speculative.cost import CostModel
 from hastelm.decoding.speculative.proposers.base import Budget
 from hastelm.decoding.speculative.shadow import Shadows
@@ -32,6 +32,7 @@ class TreeProposer:
 class CostlyProposer:
     name = "costly"
     free = False
+    prior_alpha = 0.5
 
     def __init__(self) -> None:
         self.calls = 0
@@ -40,10 +41,16 @@ class CostlyProposer:
         self.calls += 1
         return DraftTree.chain([7] * budget.nodes)
 
+    def propose_batch(self, requests):
+        return [self.propose(seq, budget) for seq, budget in requests]
+
+
+def plan(controller: Controller, proposers, budget: Budget, costs: CostModel):
+    return controller.plan_batch(proposers, [Request(None, budget, costs, Shadows(), 0)])[0]
+
 
 def plan_size(controller: Controller, proposer, costs: CostModel) -> int:
-    plan = controller.plan([proposer], None, Budget(64, 64), costs, Shadows(), 0)
-    return len(plan.tree)
+    return len(plan(controller, [proposer], Budget(64, 64), costs).tree)
 
 
 def trained() -> Controller:
@@ -78,10 +85,10 @@ def test_costly_proposer_is_probed_ever_more_rarely():
     calls = []
     for step in range(2000):
         before = p.calls
-        plan = c.plan([p], None, Budget(8, 8), STEEP, Shadows(), 0)
+        planned = plan(c, [p], Budget(8, 8), STEEP)
         if p.calls > before:
             calls.append(step)
-            c.stats[(p.name, "")].observe(len(plan.proposed[0][1]), [])     # rejected again
+            c.stats[(p.name, "")].observe(len(planned.proposed[0][1]), [])     # rejected again
     gaps = [b - a for a, b in zip(calls, calls[1:])]
     assert calls and calls[0] >= PROBE_START - 1
     assert gaps == sorted(gaps) and gaps[-1] > 4 * gaps[0]
@@ -113,16 +120,11 @@ class NeverRight:
 def test_real_model_backs_off_to_plain_steps(llm_f32):
     strategy = SpeculativeDecoding("never", [NeverRight()])
     ids = llm_f32.encode_prompt("The history of the printing press begins")
-    seq = llm_f32.new_sequence(ids, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
-    llm_f32.advance(seq, llm_f32.prefill(seq), 0.0)
-    verified = []
-    while seq.stopper.finished is None:
-        outcome = strategy.step(llm_f32.model, llm_f32.cache, seq)
-        verified.append(outcome.proposed)
-        llm_f32.advance(seq, outcome, 0.0)
-    llm_f32.finish(seq, strategy)
-    plain = llm_f32.generate([ids], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))[0]
-    assert seq.output_ids == plain.token_ids
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    steps = list(llm_f32.stream(ids, params, speculative=strategy))
+    verified = [r.proposed for r in steps[1:]]        # the decode steps after the first token
+    plain = llm_f32.generate([ids], params)[0]
+    assert [t for r in steps for t in r.tokens] == plain.token_ids
     # the shadow statistics learn from the first proposals; afterwards no draft is verified
     assert sum(1 for v in verified[4:] if v) == 0, verified
 
@@ -144,6 +146,6 @@ def test_free_proposers_offer_only_trees_that_could_pay_here():
             offered[budget.nodes] = True
             return super().propose(seq, budget)
 
-    c.plan([Recording()], None, Budget(64, 64), STEEP, Shadows(), 0)
-    c.plan([Recording()], None, Budget(64, 64), FLAT, Shadows(), 0)
+    plan(c, [Recording()], Budget(64, 64), STEEP)
+    plan(c, [Recording()], Budget(64, 64), FLAT)
     assert sorted(offered) == [16, 64]      # STEEP: a 17-token forward costs 3.7 steps, 25 tokens 5.5

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from ..sequence import Sequence
 from .cost import CostModel
-from .proposers.base import Budget, Proposer
+from .proposers.base import Budget, DraftingProposer, Proposer
 from .shadow import Shadows
 from .stats import SIZES, ChainStats, PrefixStats
 from .tree import DraftTree
@@ -69,16 +70,14 @@ class Controller:
     def stats_for(self, proposer: Proposer, kind: str) -> PrefixStats | ChainStats:
         key = (proposer.name, kind)
         if key not in self.stats:
-            prior = self.chain_alpha.get(proposer.name, getattr(proposer, "prior_alpha", 0.5))
-            self.stats[key] = PrefixStats() if proposer.free else ChainStats(prior)
+            if proposer.free:
+                self.stats[key] = PrefixStats()
+            else:
+                drafting = cast(DraftingProposer, proposer)
+                self.stats[key] = ChainStats(self.chain_alpha.get(proposer.name, drafting.prior_alpha))
         return self.stats[key]
 
     # ---- planning ----------------------------------------------------------------------
-    def plan(self, proposers: list[Proposer], seq: Sequence, budget: Budget, costs: CostModel | None,
-             shadows: Shadows, root: int) -> Plan:
-        """The plan for one request (see `plan_batch`)."""
-        return self.plan_batch(proposers, [Request(seq, budget, costs, shadows, root)])[0]
-
     def plan_batch(self, proposers: list[Proposer], requests: list[Request]) -> list[Plan]:
         """One plan per request. Proposers that run a model draft for all requests at once."""
         best = [Plan(None, DraftTree([], [])) for _ in requests]
@@ -87,7 +86,7 @@ class Controller:
             if p.free:
                 results = [self._plan_free(p, r) for r in requests]
             else:
-                results = self._plan_costly(p, requests)
+                results = self._plan_costly(cast(DraftingProposer, p), requests)
             for i, (tree, m, value) in enumerate(results):
                 if tree is not None and len(tree):
                     best[i].proposed.append((p, tree))
@@ -136,7 +135,7 @@ class Controller:
         st.plain_steps = 0
         return k, value
 
-    def _plan_costly(self, p: Proposer, requests: list[Request]) -> list[tuple[DraftTree | None, int, float]]:
+    def _plan_costly(self, p: DraftingProposer, requests: list[Request]) -> list[tuple[DraftTree | None, int, float]]:
         st = self.costly.setdefault(p.name, _CostlyState())
         stats = self.stats_for(p, "")
         choices = [self._chain_length(st, stats, r) for r in requests]
@@ -146,11 +145,7 @@ class Controller:
         if not asked:
             return results
         t0 = time.perf_counter()
-        batch = getattr(p, "propose_batch", None)
-        if batch is not None:
-            trees = batch([(requests[i].seq, b) for i, b in asked])
-        else:
-            trees = [p.propose(requests[i].seq, b) for i, b in asked]
+        trees = p.propose_batch([(requests[i].seq, b) for i, b in asked])
         drafted = sum(len(t) for t in trees if t is not None)
         if drafted:   # a batch's drafting time, shared by its tokens
             per_token = (time.perf_counter() - t0) / drafted

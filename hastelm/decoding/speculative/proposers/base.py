@@ -1,4 +1,6 @@
-"""The proposer protocol: `propose(seq, budget) -> DraftTree | None` and `update(seq, feedback)`."""
+"""The proposer protocols: `propose(seq, budget) -> DraftTree | None` and `update(seq, feedback)`;
+a proposer that runs a model to draft also drafts for many requests at once (`propose_batch`) and
+states its prior acceptance. Everything the controller calls is declared here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,3 +49,11 @@ class Proposer(Protocol):
     def update(self, seq: Sequence, feedback: Feedback) -> None: ...
 
     def release(self, seq: Sequence) -> None: ...
+
+
+class DraftingProposer(Proposer, Protocol):
+    """A proposer that runs a model to draft (`free` is False): the controller asks it for chains
+    of a chosen length, for all requests of a step in one call, and measures what drafting costs."""
+    prior_alpha: float      # per-token acceptance assumed before any is measured
+
+    def propose_batch(self, requests: list[tuple[Sequence, Budget]]) -> list[DraftTree | None]: ...

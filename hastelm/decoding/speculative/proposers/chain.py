@@ -17,14 +17,6 @@ from ..tree import DraftTree
 RNG_KEY = "draft_rng"
 
 
-def draft_chain(seq: Sequence, length: int, logits: torch.Tensor,
-                advance: Callable[[int, int], torch.Tensor]) -> DraftTree:
-    """`logits`: the draft's prediction after the pending token; `advance(token, i)` runs draft token
-    i through the draft model and returns its prediction for the next one."""
-    return draft_chains([seq], [length], logits[None],
-                        lambda rows, tokens, i: advance(tokens[0], i)[None])[0]
-
-
 def draft_chains(seqs: list[Sequence], lengths: list[int], logits: torch.Tensor,
                  advance: Callable[[list[int], list[int], int], torch.Tensor]) -> list[DraftTree]:
     """Chains for several requests drafted together: `logits` `[B, V]` are the draft's predictions

@@ -28,6 +28,7 @@ def check_compatible(target: Tokenizer, target_vocab: int, draft: Tokenizer, dra
 class DraftModel:
     name = "draft"
     free = False
+    prior_alpha = 0.5      # no calibration: a draft model's acceptance is measured as it runs
 
     def __init__(self, model: Transformer) -> None:
         self.model = model
