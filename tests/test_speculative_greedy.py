@@ -13,7 +13,9 @@ Two numeric modes:
   1e-4 in a fresh forward) instead of loosening the comparison.
 
 Proposers run at a fixed tree size (`NAME@N`): the adaptive controller may decide that speculation
-does not pay on this machine and decode plainly, which would test nothing.
+does not pay on this machine and decode plainly, which would test nothing. The `auto` tests, with
+the adaptive controller, also require that drafts were verified and some accepted over their
+prompts (`assert_speculated`): a controller that never speculated would pass the identity alone.
 """
 from __future__ import annotations
 
@@ -97,16 +99,25 @@ def assert_same_or_tied(llm, prompts, references, outputs) -> int:
     return compared
 
 
+def assert_speculated(name: str, accepted: int, proposed: int) -> None:
+    """Drafts were verified and some of them accepted: the run exercised speculation, not only
+    plain steps (which give the same tokens)."""
+    assert proposed > 0, f"{name}: no draft was ever verified (every step was plain)"
+    assert accepted > 0, f"{name}: {proposed} draft nodes verified, none accepted"
+
+
 def check_strategy(llm, prompts, references, name: str, min_accepted: float, alone: bool = False) -> None:
     strategy = llm.strategy(name)
     run = decode_batch(llm, prompts, PARAMS_F32, strategy)
     compared = assert_same_or_tied(llm, prompts, references, run.outputs)
     assert compared >= 0.8 * NEW_TOKENS_F32 * len(prompts)     # ties are rare, not the rule
     # the drafts were really verified and accepted: the test exercised speculation
+    assert_speculated(name, run.accepted, run.proposed)
     assert run.accepted / run.steps >= min_accepted, f"{strategy.name}: {run.accepted / run.steps:.2f} accepted per step"
     if alone:   # one request through the public API (a batch of one) gives the same tokens
-        single = llm.generate([prompts[0]], PARAMS_F32, speculative=name)[0].token_ids
-        assert_same_or_tied(llm, prompts[:1], references[:1], [single])
+        single = llm.generate([prompts[0]], PARAMS_F32, speculative=name)[0]
+        assert_same_or_tied(llm, prompts[:1], references[:1], [single.token_ids])
+        assert_speculated(f"{name} alone", single.accepted, single.proposed)
 
 
 @pytest.mark.parametrize("name, min_accepted", [("pld@4", 0.2), ("recycling@4", 0.2), ("lookahead@4", 0.2)])
@@ -147,7 +158,9 @@ def test_fast_mode_speculation_is_bit_exact(llm_fast, prompts, fast_references, 
     run = decode_batch(llm_fast, prompts, PARAMS, strategy)
     assert [len(o) for o in run.outputs] == [NEW_TOKENS] * len(prompts)
     assert run.outputs == fast_references
-    if name != "auto":      # fixed tree sizes: drafts were verified and accepted
+    assert_speculated(name, run.accepted, run.proposed)
+    if name != "auto":      # fixed tree sizes: drafts were verified and accepted on every prompt
         assert run.accepted / run.steps >= 0.2, f"{name}: {run.accepted / run.steps:.2f} accepted per step"
-    single = llm_fast.generate([prompts[0]], PARAMS, speculative=name)[0].token_ids
-    assert list(single) == fast_references[0]
+    single = llm_fast.generate([prompts[0]], PARAMS, speculative=name)[0]
+    assert list(single.token_ids) == fast_references[0]
+    assert_speculated(f"{name} alone", single.accepted, single.proposed)
