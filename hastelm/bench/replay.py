@@ -150,8 +150,9 @@ def _oracle_tree(proposer: Proposer, controller: Controller, seq: SimpleNamespac
 
 
 def methods(llm: LLM) -> dict[str, Callable[[], Proposer]]:
-    return {"pld": lambda: make_proposer("pld", llm), "recycling": lambda: make_proposer("recycling", llm),
-            "auto": lambda: Merged([make_proposer("pld", llm), make_proposer("recycling", llm)])}
+    target = llm.target
+    return {"pld": lambda: make_proposer("pld", target), "recycling": lambda: make_proposer("recycling", target),
+            "auto": lambda: Merged([make_proposer("pld", target), make_proposer("recycling", target)])}
 
 
 FREE_PROPOSERS = ("pld", "recycling", "auto")     # methods()'s names, checked before loading a model

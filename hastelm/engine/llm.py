@@ -5,7 +5,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from ..models.registry import DEFAULT_MODEL
 from .scheduler import Job, Scheduler
 from .outputs import Collector
 from .sequence import apply_step, start_sequence
+
+if TYPE_CHECKING:
+    from ..decoding.speculative import Target
 
 PREFILL_CHUNK = 256   # long prompts run in chunks: bounded activation memory (llama.cpp: n_ubatch)
 UNBOUNDED = sys.maxsize   # the Python API queues every prompt it is given
@@ -79,8 +82,14 @@ class LLM:
             return self.plain
         if speculative not in self._strategies:
             from ..decoding.speculative import make_strategy
-            self._strategies[speculative] = make_strategy(speculative, self)
+            self._strategies[speculative] = make_strategy(speculative, self.target)
         return self._strategies[speculative]
+
+    @property
+    def target(self) -> "Target":
+        """What proposers may use of this model (see `decoding.speculative.Target`)."""
+        from ..decoding.speculative import Target
+        return Target(self.model, self.tokenizer, self.config.vocab_size, self.mode, self.device)
 
     def _resolve(self, speculative: str | Strategy | None) -> Strategy:
         if speculative is None or isinstance(speculative, str):

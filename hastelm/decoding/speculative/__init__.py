@@ -17,9 +17,13 @@ for experiments and tests; it can be slower than plain decoding.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+
+import torch
 
 from ...errors import InvalidParameterError
+from ...formats.tokenizer import Tokenizer
+from ...models.transformer import Transformer
 from .controller import Controller
 from .proposers.base import Proposer
 from .strategy import SpeculativeDecoding
@@ -27,37 +31,47 @@ from .strategy import SpeculativeDecoding
 NAMES = ("pld", "recycling", "lookahead", "layerskip", "draft:MODEL", "auto")
 
 
-def make_proposer(name: str, llm: Any) -> Proposer:
+@dataclass(frozen=True)
+class Target:
+    """What a proposer may use of the target it drafts for (not the whole engine)."""
+    model: Transformer
+    tokenizer: Tokenizer
+    vocab_size: int
+    mode: str                 # the numeric mode a draft model is loaded in, as the target's
+    device: torch.device
+
+
+def make_proposer(name: str, target: Target) -> Proposer:
     kind, _, arg = name.partition(":")
     if kind == "pld" and not arg:
         from .proposers.pld import PromptLookup
         return PromptLookup()
     if kind == "recycling":
         from .proposers.recycling import TokenRecycling
-        return TokenRecycling(llm.config.vocab_size, path=arg or None)
+        return TokenRecycling(target.vocab_size, path=arg or None)
     if kind == "lookahead" and not arg:
         from .proposers.lookahead import Lookahead
         return Lookahead()
     if kind == "layerskip" and not arg:
         from .proposers.layerskip import LayerSkip
-        return LayerSkip(llm.model, llm.tokenizer)
+        return LayerSkip(target.model, target.tokenizer)
     if kind == "draft":
-        return _draft_model(arg, llm)
+        return _draft_model(arg, target)
     raise InvalidParameterError(f"unknown speculative method {name!r} (choose {', '.join(NAMES)})")
 
 
-def _draft_model(arg: str, llm: Any) -> Proposer:
+def _draft_model(arg: str, target: Target) -> Proposer:
     from ...models.loader import load_model
     from .proposers.draft_model import DraftModel, check_compatible
 
     if not arg:
         raise InvalidParameterError("draft needs a model: draft:MODEL (alias, .gguf file or folder)")
-    loaded = load_model(arg, llm.mode, llm.device)
-    check_compatible(llm.tokenizer, llm.config.vocab_size, loaded.tokenizer, loaded.config.vocab_size, arg)
+    loaded = load_model(arg, target.mode, target.device)
+    check_compatible(target.tokenizer, target.vocab_size, loaded.tokenizer, loaded.config.vocab_size, arg)
     return DraftModel(loaded.model)
 
 
-def make_strategy(name: str, llm: Any, controller: Controller | None = None) -> SpeculativeDecoding:
+def make_strategy(name: str, target: Target, controller: Controller | None = None) -> SpeculativeDecoding:
     """The decoding strategy for a speculative method name (see the module docstring)."""
     method, at, size = name.rpartition("@")
     if at and size.isdigit():
@@ -70,10 +84,10 @@ def make_strategy(name: str, llm: Any, controller: Controller | None = None) -> 
         from .proposers.merged import Merged
         # lookahead's pool holds the context's n-grams, as pld's index does, and its Jacobi
         # window advances only when its own tree is verified: in auto it added cost, not tokens
-        proposers = [Merged([make_proposer("pld", llm), make_proposer("recycling", llm)])]
+        proposers = [Merged([make_proposer("pld", target), make_proposer("recycling", target)])]
     else:
-        proposers = [make_proposer(method, llm)]
+        proposers = [make_proposer(method, target)]
     return SpeculativeDecoding(name, proposers, controller)
 
 
-__all__ = ["make_strategy", "make_proposer", "SpeculativeDecoding", "Controller", "NAMES"]
+__all__ = ["make_strategy", "make_proposer", "SpeculativeDecoding", "Controller", "NAMES", "Target"]
