@@ -27,3 +27,15 @@ class Sequence:
     @property
     def output_ids(self) -> list[int]:
         return self.ids[self.prompt_len:]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two id lists, by bisection on C-speed slice comparisons."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

@@ -33,7 +33,7 @@ import torch
 from ..decoding.choices import DecodingChoices, Strategy
 from ..decoding.plain import PlainDecoding, StepOutcome
 from ..decoding.sampling import SamplingParams, top_logprobs
-from ..decoding.sequence import Sequence
+from ..decoding.sequence import Sequence, common_prefix
 from ..decoding.step import StepResult, TokenLogprob
 from ..errors import HastelmError
 from ..formats.tokenizer import Tokenizer
@@ -192,7 +192,7 @@ class Scheduler:
         best, keep = -1, -1
         for slot, held in enumerate(self.slots):
             if held is None:
-                n = 0 if job.prompt_logprobs is not None else _common_prefix(self.cached_ids[slot], job.ids[:-1])
+                n = 0 if job.prompt_logprobs is not None else common_prefix(self.cached_ids[slot], job.ids[:-1])
                 n = n // self.prefill_chunk * self.prefill_chunk
                 if n > keep:
                     best, keep = slot, n
@@ -317,11 +317,3 @@ class Scheduler:
                 job.strategy.release(seq)
             except Exception:     # e.g. a proposer's file could not be written: the request is done anyway
                 log.exception("releasing a request's decoding state failed")
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -10,7 +10,7 @@ from ....errors import InvalidParameterError
 from ....formats.tokenizer import Tokenizer
 from ....kv.cache import KVCache
 from ....models.transformer import Transformer
-from ...sequence import Sequence
+from ...sequence import Sequence, common_prefix
 from ..tree import DraftTree
 from .base import Budget, Feedback
 from .chain import draft_chains
@@ -66,7 +66,7 @@ class DraftModel:
             return out
         pending = []
         for _, seq in keep:
-            common = _common_prefix(self.held.get(seq.slot, []), seq.ids[:-1])
+            common = common_prefix(self.held.get(seq.slot, []), seq.ids[:-1])
             cache.trim(cache.length(seq.slot) - common, seq.slot)
             pending.append((seq.slot, seq.ids[common:], common))
         firsts = self._catch_up(cache, pending)
@@ -118,15 +118,3 @@ class DraftModel:
 
     def release(self, seq: Sequence) -> None:
         """The draft cache stays: the next request in this slot reuses its common prefix."""
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix, by bisection on C-speed slice comparisons."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
