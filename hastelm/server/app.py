@@ -24,7 +24,7 @@ from .generation import ClientGone, Generation
 from .limits import BodyLimit, ConnectionLimits
 from .metrics import Metrics
 from .prompts import (chat_prompt, completion_prompts, longest_token_bytes, make_jobs, max_new_tokens,
-                      prompt_items)
+                      prompt_items, usable_vocab)
 from .responses import Header, chat_completion, completion
 from .schemas import (ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorResponse,
                       ModelCard, ModelList, SamplingFields)
@@ -47,7 +47,7 @@ class ServerState:
 
     @property
     def vocab_size(self) -> int:
-        return min(self.llm.tokenizer.vocab_size, self.llm.config.vocab_size)
+        return usable_vocab(self.llm)
 
     def check_model(self, requested: str | None) -> str:
         if requested is not None and requested not in (self.model_id, self.llm.name):

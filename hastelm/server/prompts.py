@@ -26,6 +26,11 @@ class Prompt:
     text: str           # what echo shows
 
 
+def usable_vocab(llm: Any) -> int:
+    """Token ids a request may name: those both the tokenizer and the model's embedding know."""
+    return min(llm.tokenizer.vocab_size, llm.config.vocab_size)
+
+
 @functools.cache
 def longest_token_bytes(tokenizer: Any) -> int:
     """The most bytes (hence characters) any one token stands for."""
@@ -71,7 +76,7 @@ def completion_prompts(llm: Any, req: CompletionRequest) -> list[Prompt]:
     items = prompt_items(req)
     if not items:
         raise APIError(400, "prompt must not be empty", "prompt")
-    vocab = min(llm.tokenizer.vocab_size, llm.config.vocab_size)     # the ids both can handle
+    vocab = usable_vocab(llm)
     check_text_fits(llm, sum(len(item) for item in items if isinstance(item, str)), "prompt")
     prompts = []
     for item in items:
