@@ -192,6 +192,15 @@ def test_graph_batch_of_three_slots(gpu_model: Transformer) -> None:
     _same_choice(got, ref, tol)
     alone = GraphDecoder(gpu_model, copy.deepcopy(base)).decode([2], [7], [LENGTHS[2]], [LENGTHS[2]])
     torch.testing.assert_close(alone[0], got[2], rtol=0.05, atol=tol)
+    # buckets of 2: the rows run as two replays of one graph (2 rows, then 1 padded to 2)
+    split = GraphDecoder(gpu_model, copy.deepcopy(base), batch_buckets=(2,))
+    ids = torch.tensor(split.decode_greedy(slots, tokens, positions, write), device=ref.device)
+    assert (ref.gather(1, ids[:, None])[:, 0] >= ref.max(-1).values - tol).all()
+    # every bucket captured up front (a slot is empty), then decoding goes on
+    warm = GraphDecoder(gpu_model, copy.deepcopy(base), batch_buckets=(1, 4))
+    warm.capture_all()
+    assert len(warm._captured) == 2 * len(warm.key_buckets)
+    torch.testing.assert_close(warm.decode(slots, tokens, positions, write), got, rtol=0.05, atol=tol)
 
 
 def _same_choice(got: torch.Tensor, ref: torch.Tensor, tol: float) -> None:

@@ -98,8 +98,10 @@ class GraphDecoder:
     def decode_greedy(self, slots: list[int], tokens: list[int], positions: list[int],
                       write_index: list[int]) -> list[int]:
         """Argmax token ids, computed on the device and read with one host sync."""
-        ids = [self._run(*part)[1] for part in self._parts(slots, tokens, positions, write_index)]
-        return (ids[0] if len(ids) == 1 else torch.cat(ids)).tolist()
+        parts = self._parts(slots, tokens, positions, write_index)
+        if len(parts) == 1:
+            return self._run(*parts[0])[1].tolist()
+        return torch.cat([self._run(*part)[1].clone() for part in parts]).tolist()   # parts may share a graph
 
     @torch.inference_mode()
     def capture_all(self) -> None:
