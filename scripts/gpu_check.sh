@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, as one short run (~4-6 min) on a CUDA machine: the CUDA-graph decode tests and the
+# The GPU checks, as one short run (~3-7 min) on a CUDA machine: the CUDA-graph decode tests and the
 # CUDA tests, then the decode micro-benchmark (eager Transformer.forward vs CUDA graphs, bf16), then
 # the same with torch.compile inside the graphs (B=1; it may run out of its time limit: reported).
 # usage: scripts/gpu_check.sh [OUTDIR]      (OUTDIR: $OUT if set, else gpu-results)
@@ -46,8 +46,8 @@ fi
   $PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(0))"
 } 2>&1 | tee -a "$out/env.log"
 
-step tests 150 $PY -m pytest -x -q -s -p no:cacheprovider tests/test_gpu_graphs.py tests/test_cuda.py
-step bench 150 $PY -m hastelm.gpu.bench "${model_args[@]}" --batches 1,8,64 --json "$out/bench.json"
+step tests 120 $PY -m pytest -x -q -s -p no:cacheprovider tests/test_gpu_graphs.py tests/test_cuda.py
+step bench 120 $PY -m hastelm.gpu.bench "${model_args[@]}" --batches 1,8,64 --json "$out/bench.json"
 step bench_compile 180 $PY -m hastelm.gpu.bench "${model_args[@]}" --batches 1 --compile --no-plain \
   --json "$out/bench_compile.json"
 
