@@ -57,14 +57,14 @@ TEST_DEVICE = os.environ.get("HASTELM_TEST_DEVICE", "cpu")
 def llm_f32(smollm_path):
     """The default model in float32: the exactness reference (2k context keeps the cache small)."""
     from hastelm import LLM
-    return LLM(str(smollm_path), dtype="float32", device=TEST_DEVICE, context_length=2048)
+    return LLM(str(smollm_path), dtype="float32", device=TEST_DEVICE, context_length=2048, max_batch=64)
 
 
 @pytest.fixture(scope="session")
 def llm_fast(smollm_path):
     """The default model in its default mode (CPU: packed int4 + bf16; GPU: bf16)."""
     from hastelm import LLM
-    return LLM(str(smollm_path), dtype="auto", device=TEST_DEVICE, context_length=2048)
+    return LLM(str(smollm_path), dtype="auto", device=TEST_DEVICE, context_length=2048, max_batch=64)
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hastelm import LLM, SamplingParams
+from hastelm.engine.runner import teacher_forced_logits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -22,9 +23,7 @@ def test_cuda_runs_bf16_and_agrees_with_float32(llm_cuda, llm_f32):
     for prompt in PROMPTS:
         ref = llm_f32.generate(prompt, SamplingParams(temperature=0, max_tokens=32))[0]
         ids = llm_f32.encode_prompt(prompt) + ref.token_ids
-        cache = llm_cuda.model.new_cache(256)
-        logits = llm_cuda.model(torch.tensor([ids], device="cuda"),
-                                torch.arange(len(ids), device="cuda")[None], cache)[0]
+        logits = teacher_forced_logits(llm_cuda.model, ids)
         n = len(ref.token_ids)
         pred = logits[len(ids) - n - 1:-1].argmax(-1).cpu().tolist()
         agree += sum(p == t for p, t in zip(pred, ref.token_ids))

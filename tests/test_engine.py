@@ -70,19 +70,19 @@ def test_padded_prefill_batch_fills_the_cache_exactly_as_alone(llm_fast):
     cache must be bit-identical to its prompt prefilled alone, and its padding must not stay."""
     import torch
 
+    from hastelm.engine.runner import ModelRunner, Row
+
     model = llm_fast.model
     prompts = [llm_fast.encode_prompt(t) for t in (
         "Summarize: the council met on Tuesday to discuss new bicycle lanes and parking " * 3,
         "def fibonacci(n):\n    # return the n-th Fibonacci number, iteratively\n" * 2,
         "Translate into French: the weather is nice today, so we are going to the park. " * 2)]
     assert all(len(p) >= 32 for p in prompts) and len({len(p) for p in prompts}) == 3
-    alone, batch = model.new_cache(256, slots=3), model.new_cache(256, slots=3)
+    alone, batch = ModelRunner(model, 256, slots=3), ModelRunner(model, 256, slots=3)
     for s, ids in enumerate(prompts):
-        model(torch.tensor([ids]), torch.arange(len(ids))[None], alone, slots=[s], last_only=True)
-    width = max(map(len, prompts))
-    tokens = torch.tensor([ids + [0] * (width - len(ids)) for ids in prompts])
-    model(tokens, torch.arange(width).expand(3, width), batch, slots=[0, 1, 2],
-          last_only=True, valid=[len(p) for p in prompts])
+        alone.forward([Row(s, ids, 0)], last_only=True)
+    batch.forward([Row(s, ids, 0) for s, ids in enumerate(prompts)], last_only=True)
+    alone, batch = alone.cache, batch.cache
     for s, ids in enumerate(prompts):
         n = len(ids)
         assert batch.length(s) == alone.length(s) == n

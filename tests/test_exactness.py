@@ -19,6 +19,7 @@ from exactness_data import FIXED_TEXT, PROMPTS, greedy, prompt_ids
 from hastelm.models.loader import read_model_files
 from hastelm.models.reference import ReferenceModel
 from hastelm.models.transformer import Transformer
+from hastelm.engine.runner import ModelRunner, Row, teacher_forced_logits
 from tiny_models import build_tiny
 
 LOGIT_ATOL = 1e-3      # float32 logits of magnitude ~20, summed over 30 layers in another op order
@@ -39,8 +40,7 @@ def _hf_logits(model: Any, ids: list[int]) -> torch.Tensor:
 
 
 def _logits(model: Transformer, ids: list[int]) -> torch.Tensor:
-    cache = model.new_cache(len(ids))
-    return model(torch.tensor([ids]), torch.arange(len(ids))[None], cache)[0].cpu()
+    return teacher_forced_logits(model, ids).cpu()
 
 
 def test_logits_match_transformers(llm_f32: Any, hf_smollm: Any) -> None:
@@ -100,16 +100,16 @@ def _close(got: torch.Tensor, want: torch.Tensor, atol: float) -> None:
 def test_incremental_decode_and_rollback(oracle: tuple) -> None:
     model, ref, vocab, atol = oracle
     ids = _random_ids(30, vocab, 1)
-    cache = model.new_cache(64)
+    runner = ModelRunner(model, 64)
     k = 11
-    outs = [model(torch.tensor([ids[:k]]), torch.arange(k)[None], cache)[0]]
+    outs = [runner.forward([Row(0, ids[:k], 0)])[0]]
     for i in range(k, len(ids)):
-        outs.append(model(torch.tensor([[ids[i]]]), torch.tensor([[i]]), cache)[0])
+        outs.append(runner.decode([0], [ids[i]], [i]))
     _close(torch.cat(outs), ref.forward(ids), atol)
     # speculation rollback: drop the last 4 entries and continue with other tokens
-    cache.trim(4)
+    runner.cache.trim(4)
     other = _random_ids(4, vocab, 2)
-    got = model(torch.tensor([other]), torch.arange(26, 30)[None], cache)[0]
+    got = runner.forward([Row(0, other, 26)])[0]
     _close(got, ref.forward(ids[:26] + other)[-4:], atol)
 
 
@@ -117,16 +117,14 @@ def test_batched_slots_with_different_lengths(oracle: tuple) -> None:
     model, ref, vocab, atol = oracle
     lengths = [5, 17, 26]
     seqs = [_random_ids(n + 3, vocab, 10 + s) for s, n in enumerate(lengths)]
-    cache = model.new_cache(64, slots=3)
+    runner = ModelRunner(model, 64, slots=3)
     for s, n in enumerate(lengths):
-        model(torch.tensor([seqs[s][:n]]), torch.arange(n)[None], cache, slots=[s])
+        runner.forward([Row(s, seqs[s][:n], 0)])
     order = [2, 0, 1]      # batch rows need not follow slot order
-    tokens = torch.tensor([seqs[s][lengths[s]:] for s in order])
-    positions = torch.stack([torch.arange(lengths[s], lengths[s] + 3) for s in order])
-    out = model(tokens, positions, cache, slots=order)
+    out = runner.forward([Row(s, seqs[s][lengths[s]:], lengths[s]) for s in order])
     for row, s in enumerate(order):
         _close(out[row], ref.forward(seqs[s])[-3:], atol)
-    assert [cache.length(s) for s in range(3)] == [n + 3 for n in lengths]
+    assert [runner.length(s) for s in range(3)] == [n + 3 for n in lengths]
 
 
 def _tree(parents: list[int]) -> tuple[torch.Tensor, list[int], list[list[int]]]:
@@ -144,25 +142,24 @@ def test_tree_mask_and_compaction(oracle: tuple) -> None:
     model, ref, vocab, atol = oracle
     trees = [[-1, 0, 0, 1, 1, 2, 5], [-1, 0, 1, 2, 0, 4, 0]]     # one tree shape per slot
     prefix_len = 20
-    cache = model.new_cache(64, slots=2)
+    runner = ModelRunner(model, 64, slots=2)
     prefixes = [_random_ids(prefix_len, vocab, 20 + s) for s in range(2)]
     for s in range(2):
-        model(torch.tensor([prefixes[s]]), torch.arange(prefix_len)[None], cache, slots=[s])
+        runner.forward([Row(s, prefixes[s], 0)])
     built = [_tree(parents) for parents in trees]
     nodes = [_random_ids(len(t), vocab, 30 + s) for s, t in enumerate(trees)]
-    masks = torch.stack([b[0] for b in built])
-    positions = torch.tensor([[prefix_len + d for d in b[1]] for b in built])
-    out = model(torch.tensor(nodes), positions, cache, tree_mask=masks)
+    out = runner.forward([Row(s, nodes[s], positions=[prefix_len + d for d in b[1]], mask=b[0])
+                          for s, b in enumerate(built)])
     for s, (_, _, paths) in enumerate(built):
         for i, path in enumerate(paths):
             want = ref.forward(prefixes[s] + [nodes[s][j] for j in path])[-1]
             _close(out[s, i], want, atol)
     # keep the accepted path of slot 0 (nodes 0, 2, 5, 6) and decode one more token after it
     path = built[0][2][6]
-    cache.keep_tail(prefix_len, path, slot=0)
+    runner.cache.keep_tail(prefix_len, path, slot=0)
     accepted = prefixes[0] + [nodes[0][j] for j in path]
     nxt = _random_ids(1, vocab, 40)
-    got = model(torch.tensor([nxt]), torch.tensor([[len(accepted)]]), cache, slots=[0])[0, -1]
+    got = runner.decode([0], nxt, [len(accepted)])[0]
     _close(got, ref.forward(accepted + nxt)[-1], atol)
 
 
@@ -170,5 +167,5 @@ def test_layer_subset(oracle: tuple) -> None:
     model, ref, vocab, atol = oracle
     ids = _random_ids(12, vocab, 50)
     layers = list(range(len(model.layers) // 2))
-    out = model(torch.tensor([ids]), torch.arange(12)[None], model.new_cache(16), layers=layers)[0]
+    out = teacher_forced_logits(model, ids, layers)
     _close(out, ref.forward(ids, layers=layers), atol)

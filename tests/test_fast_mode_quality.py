@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from exactness_data import FIXED_TEXT, PROMPTS, greedy, prompt_ids
+from hastelm.engine.runner import teacher_forced_logits
 
 # The int4 weights are the file's own Q4_1 values, so the fast mode differs from float32 only by
 # bf16 rounding of activations and int8 rounding of the Q8_0/Q6_K-type tensors: a few logit
@@ -24,7 +25,7 @@ MAX_PPL_RATIO = 1.1
 
 def _logits(llm: Any, ids: list[int]) -> torch.Tensor:
     model = llm.model
-    return model(torch.tensor([ids]), torch.arange(len(ids))[None], model.new_cache(len(ids)))[0].float()
+    return teacher_forced_logits(model, ids).float()
 
 
 def _perplexity(llm: Any, ids: list[int]) -> float:

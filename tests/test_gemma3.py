@@ -19,6 +19,7 @@ from exactness_data import FIXED_TEXT
 from hastelm.decoding.sampling import SamplingParams
 from hastelm.models.loader import read_model_files
 from hastelm.models.reference import ReferenceModel
+from hastelm.engine.runner import teacher_forced_logits
 
 SLOW = bool(os.environ.get("HASTELM_SLOW_TESTS"))
 NEW_TOKENS = 24
@@ -66,7 +67,7 @@ def test_long_prompt_matches_reference(gemma_f32: Any, gemma_path: Path) -> None
     ids = _prompt(gemma_f32, "long")
     assert len(ids) > gemma_f32.config.sliding_window
     model = gemma_f32.model
-    ours = model(torch.tensor([ids]), torch.arange(len(ids))[None], model.new_cache(len(ids)))[0, -8:]
+    ours = teacher_forced_logits(model, ids)[-8:]
     config, source, _ = read_model_files(gemma_path)
     want = ReferenceModel(config, source).forward(ids, last=8)
     diff = (ours - want).abs().max().item()
@@ -88,7 +89,7 @@ def test_matches_transformers_live(gemma_f32: Any, gemma_path: Path) -> None:
         ids = _prompt(gemma_f32, name)
         with torch.no_grad():
             theirs = hf(torch.tensor([ids])).logits[0]
-        ours = model(torch.tensor([ids]), torch.arange(len(ids))[None], model.new_cache(len(ids)))[0]
+        ours = teacher_forced_logits(model, ids)
         worst = max(worst, (ours - theirs).abs().max().item())
         mask = torch.ones(1, len(ids), dtype=torch.long)
         live = hf.generate(torch.tensor([ids]), attention_mask=mask, do_sample=False,

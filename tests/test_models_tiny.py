@@ -19,6 +19,7 @@ from hastelm import LLM
 from hastelm.decoding.sampling import SamplingParams
 from hastelm.models.loader import read_model_files
 from hastelm.models.reference import ReferenceModel
+from hastelm.engine.runner import teacher_forced_logits
 from tiny_models import SLIDING_WINDOW, build_tiny
 
 pytest.importorskip("transformers")
@@ -46,7 +47,7 @@ def _hf_logits(hf: Any, ids: list[int]) -> torch.Tensor:
 
 
 def _our_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
-    return llm.model(torch.tensor([ids]), torch.arange(len(ids))[None], llm.model.new_cache(len(ids)))[0]
+    return teacher_forced_logits(llm.model, ids)
 
 
 def test_config_read_from_the_folder(tiny: tuple) -> None:

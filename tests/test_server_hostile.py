@@ -25,10 +25,10 @@ class FailingStrategy:
         self.name = "boom"
         self.error = error
 
-    def step(self, model: Any, cache: Any, seq: Any) -> StepOutcome:
+    def step(self, runner: Any, seq: Any) -> StepOutcome:
         raise self.error
 
-    def step_batch(self, model: Any, cache: Any, seqs: list[Any]) -> list[StepOutcome]:
+    def step_batch(self, runner: Any, seqs: list[Any]) -> list[StepOutcome]:
         raise self.error
 
     def release(self, seq: Any) -> None:

@@ -27,6 +27,7 @@ from hastelm.decoding.plain import PlainDecoding
 from hastelm.decoding.sampling import SamplingParams
 from hastelm.decoding.speculative import Controller, SpeculativeDecoding
 from hastelm.decoding.speculative.proposers.draft_model import DraftModel
+from hastelm.engine.runner import teacher_forced_logits
 
 NEW_TOKENS = 256        # fast mode
 NEW_TOKENS_F32 = 96     # float32: about five times the cost per token on this CPU
@@ -76,10 +77,7 @@ def references(llm_f32, prompts_f32) -> list[list[int]]:
 
 def logit_gap(llm, ids: list[int], a: int, b: int) -> float:
     """|logit(a) - logit(b)| for the token after `ids`, from a fresh cache-free forward."""
-    cache = llm.model.new_cache(len(ids) + 1)
-    dev = llm.model.device
-    logits = llm.model(torch.tensor([ids], device=dev), torch.arange(len(ids), device=dev)[None], cache,
-                       last_only=True)[0, -1]
+    logits = teacher_forced_logits(llm.model, ids)[-1]
     return abs(float(logits[a] - logits[b]))
 
 

@@ -17,8 +17,9 @@ from collections import Counter
 import pytest
 import torch
 
-from batch_decode import shared_prompt_batch
+from batch_decode import decode_batch
 from hastelm.decoding.sampling import Sampler, SamplingParams
+from hastelm.engine.runner import teacher_forced_logits
 from hastelm.decoding.speculative import Controller, SpeculativeDecoding
 from hastelm.decoding.speculative.proposers.draft_model import DraftModel
 
@@ -38,8 +39,7 @@ def exact_distribution(llm, ids: list[int]) -> dict[tuple[int, ...], float]:
     sampler = Sampler(params(0), len(ids))
 
     def probs(context: list[int]) -> torch.Tensor:
-        cache = llm.model.new_cache(len(context) + 1)
-        logits = llm.model(torch.tensor([context]), torch.arange(len(context))[None], cache, last_only=True)[0, -1]
+        logits = teacher_forced_logits(llm.model, context)[-1]
         return sampler.probs(logits, context)
 
     out = {(): 1.0}
@@ -89,7 +89,7 @@ def sample_counts(llm, strategy) -> dict[tuple[int, ...], int]:
     counts: Counter[tuple[int, ...]] = Counter()
     accepted = 0
     for start in range(0, SAMPLES, BATCH):
-        run = shared_prompt_batch(llm, ids, [params(seed) for seed in range(start, start + BATCH)], strategy)
+        run = decode_batch(llm, [ids] * BATCH, [params(seed) for seed in range(start, start + BATCH)], strategy)
         accepted += run.accepted
         counts.update(tuple(out) for out in run.outputs)
     assert accepted > SAMPLES // 4, "drafts were hardly ever accepted: speculation was not exercised"

@@ -5,7 +5,10 @@ import platform
 import resource
 
 import pytest
-import torch
+
+from hastelm.engine.runner import ModelRunner, Row
+
+PROMPT = Row(0, [i % 1000 for i in range(256)], 0)
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -18,9 +21,9 @@ def test_a_prefill_reuses_freed_activations_instead_of_faulting_pages_in(llm_fas
     model = llm_fast.model
 
     def faults_of_one_prefill() -> int:
-        cache = model.new_cache(300)
+        runner = ModelRunner(model, 300)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        model(torch.arange(256)[None] % 1000, torch.arange(256)[None], cache, last_only=True)
+        runner.forward([PROMPT], last_only=True)
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
     faults_of_one_prefill()            # the first one grows the heap
@@ -37,12 +40,11 @@ def test_loading_another_model_keeps_the_running_memory_regime(llm_fast, smollm_
         pytest.skip("CPU models only")
     load_model(smollm_path, "fast")        # what `draft:MODEL` does
     model = llm_fast.model
-    cache = model.new_cache(300)
-    model(torch.arange(256)[None] % 1000, torch.arange(256)[None], cache, last_only=True)
+    ModelRunner(model, 300).forward([PROMPT], last_only=True)
     faults = []
     for _ in range(3):
-        cache = model.new_cache(300)
+        runner = ModelRunner(model, 300)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        model(torch.arange(256)[None] % 1000, torch.arange(256)[None], cache, last_only=True)
+        runner.forward([PROMPT], last_only=True)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     assert min(faults) < 2000

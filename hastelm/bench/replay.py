@@ -34,6 +34,7 @@ from ..decoding.speculative.tree import DraftTree
 from ..decoding.speculative.verify import Acceptance
 from ..console import fail
 from ..engine import LLM
+from ..engine.runner import teacher_forced_logits
 from ..errors import HastelmError
 from .conversation import run_item
 from .step_cost import curve
@@ -80,8 +81,7 @@ def record(llm: LLM, workload: str, limit: int | None, max_tokens: int) -> list[
     for item in load_workload(workload, limit):
         for ids, gen in run_item(item, llm.tokenizer, complete):
             full = ids + gen.tokens
-            logits = llm.model(torch.tensor([full], device=llm.device), torch.arange(len(full), device=llm.device)[None],
-                               llm.model.new_cache(len(full) + 1))[0]
+            logits = teacher_forced_logits(llm.model, full)
             out.append(Record(item.category, ids, gen.tokens, logits.topk(TOP_K, dim=-1).indices.cpu()))
     return out
 

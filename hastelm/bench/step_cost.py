@@ -16,6 +16,7 @@ import typer
 from ..console import fail
 from ..decoding.speculative.cost import POINTS, CostModel, measure
 from ..engine import LLM
+from ..engine.runner import ModelRunner, Row
 from ..errors import HastelmError
 from ..models.transformer import Transformer
 
@@ -33,23 +34,22 @@ def median_ms(run, repeats: int) -> float:
 
 
 def batch_ms(model: Transformer, prefix: int, rows: int, repeats: int) -> float:
-    cache = model.new_cache(prefix + 1, slots=rows)
+    runner = ModelRunner(model, prefix + 1, slots=rows)
     for s in range(rows):
-        model(torch.zeros(1, prefix, dtype=torch.long), torch.arange(prefix)[None], cache, slots=[s])
+        runner.forward([Row(s, [0] * prefix, 0)], last_only=True)
 
     def run() -> None:
-        model(torch.zeros(rows, 1, dtype=torch.long), torch.full((rows, 1), prefix), cache, slots=list(range(rows)))
+        runner.decode(range(rows), [0] * rows, [prefix] * rows)
         for s in range(rows):
-            cache.trim(1, s)
+            runner.cache.trim(1, s)
     return median_ms(run, repeats)
 
 
 def curve(model: Transformer, prefix: int = 200) -> CostModel:
     """The controller's cost curve (`cost.measure`), measured after `prefix` cached tokens."""
-    cache = model.new_cache(prefix + POINTS[-1])
-    model(torch.zeros(1, prefix, dtype=torch.long, device=model.device),
-          torch.arange(prefix, device=model.device)[None], cache)
-    return measure(model, cache, 0, POINTS[-1])
+    runner = ModelRunner(model, prefix + POINTS[-1])
+    runner.forward([Row(0, [0] * prefix, 0)], last_only=True)
+    return measure(runner, 0, POINTS[-1])
 
 
 app = typer.Typer(add_completion=False)

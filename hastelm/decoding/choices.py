@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..errors import HastelmError, InvalidParameterError
 
 if TYPE_CHECKING:        # names for the protocol only: the command line imports this module without torch
-    from ..kv.cache import KVCache
-    from ..models.transformer import Transformer
+    from ..engine.runner import ModelRunner
     from .plain import StepOutcome
     from .sequence import Sequence
 
@@ -26,9 +25,9 @@ class Strategy(Protocol):
     """A way to decode: plain, or speculative with its proposers."""
     name: str
 
-    def step(self, model: Transformer, cache: KVCache, seq: Sequence) -> StepOutcome: ...
+    def step(self, runner: ModelRunner, seq: Sequence) -> StepOutcome: ...
 
-    def step_batch(self, model: Transformer, cache: KVCache, seqs: list[Sequence]) -> list[StepOutcome]: ...
+    def step_batch(self, runner: ModelRunner, seqs: list[Sequence]) -> list[StepOutcome]: ...
 
     def release(self, seq: Sequence) -> None: ...
 

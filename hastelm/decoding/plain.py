@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..kv.cache import KVCache
-from ..models.transformer import Transformer
+from ..engine.runner import ModelRunner
 from .sampling import greedy_tokens
 from .sequence import Sequence
 
@@ -23,19 +22,12 @@ class StepOutcome:
 class PlainDecoding:
     name = "plain"
 
-    def step(self, model: Transformer, cache: KVCache, seq: Sequence) -> StepOutcome:
-        pos = len(seq.ids) - 1
-        tokens = torch.tensor([[seq.pending]], device=model.device)
-        positions = torch.tensor([[pos]], device=model.device)
-        logits = model(tokens, positions, cache, slots=[seq.slot])[0, -1]
-        return StepOutcome([seq.sampler.sample(logits, seq.ids)], [logits])
+    def step(self, runner: ModelRunner, seq: Sequence) -> StepOutcome:
+        return self.step_batch(runner, [seq])[0]
 
-    def step_batch(self, model: Transformer, cache: KVCache, seqs: list[Sequence]) -> list[StepOutcome]:
+    def step_batch(self, runner: ModelRunner, seqs: list[Sequence]) -> list[StepOutcome]:
         """One forward for many requests (continuous batching): row i is `seqs[i]`'s pending token."""
-        dev = model.device
-        tokens = torch.tensor([[s.pending] for s in seqs], device=dev)
-        positions = torch.tensor([[len(s.ids) - 1] for s in seqs], device=dev)
-        logits = model(tokens, positions, cache, slots=[s.slot for s in seqs])[:, -1]
+        logits = runner.decode([s.slot for s in seqs], [s.pending for s in seqs], [len(s.ids) - 1 for s in seqs])
         plain_greedy = [i for i, s in enumerate(seqs) if s.params.greedy and not s.params.adjusts_logits]
         picked = dict(zip(plain_greedy, greedy_tokens(logits[plain_greedy]))) if plain_greedy else {}
         return [StepOutcome([picked[i] if i in picked else s.sampler.sample(logits[i], s.ids)], [logits[i]])

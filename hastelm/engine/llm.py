@@ -10,21 +10,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..decoding.choices import DecodingChoices, Strategy
-from ..decoding.plain import PlainDecoding, StepOutcome
+from ..decoding.plain import PlainDecoding
 from ..decoding.sampling import SamplingParams
-from ..decoding.sequence import Sequence
 from ..decoding.step import Completion, StepResult
 from ..errors import ContextOverflowError, HastelmError, InvalidParameterError
 from ..models.loader import load_model
 from ..models.registry import DEFAULT_MODEL
+from .runner import PREFILL_CHUNK
 from .scheduler import Job, Scheduler
 from .outputs import Collector
-from .sequence import apply_step, start_sequence
 
 if TYPE_CHECKING:
     from ..decoding.speculative import Target
 
-PREFILL_CHUNK = 256   # long prompts run in chunks: bounded activation memory (llama.cpp: n_ubatch)
 UNBOUNDED = sys.maxsize   # the Python API queues every prompt it is given
 
 
@@ -38,9 +36,9 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_mode(dtype: str, device: torch.device) -> str:
     modes = {"auto": "fast" if device.type == "cpu" else "bfloat16", "fast": "fast",
-             "float32": "float32", "bfloat16": "bfloat16"}
+             "float32": "float32", "bfloat16": "bfloat16", "invariant": "invariant"}
     if dtype not in modes:
-        raise InvalidParameterError(f"unknown dtype {dtype!r} (choose auto, fast, float32 or bfloat16)")
+        raise InvalidParameterError(f"unknown dtype {dtype!r} (choose auto, fast, float32, bfloat16 or invariant)")
     return modes[dtype]
 
 
@@ -132,24 +130,6 @@ class LLM:
         bos = self.tokenizer.bos_id
         has_bos = bos is not None and text.startswith(self.tokenizer.token_text(bos))
         return self.encode_prompt(self.tokenizer.encode(text, add_special=not has_bos))
-
-    # ---- one request's pieces (the tests' own batch loops use them) ---------------------
-    def new_sequence(self, ids: list[int], params: SamplingParams, slot: int = 0, index: int = 0) -> Sequence:
-        return start_sequence(ids, params, self.tokenizer, self.context_length, self.config.vocab_size, slot, index)
-
-    def advance(self, seq: Sequence, outcome: StepOutcome, elapsed: float) -> StepResult:
-        return apply_step(seq, outcome, elapsed)
-
-    def prefill(self, seq: Sequence, cache: Any) -> StepOutcome:
-        """Run `seq`'s prompt into its slot of `cache` as the scheduler does (chunks of
-        PREFILL_CHUNK over ids[:-1], then the last token as a decode step); sample the first token."""
-        ids = seq.ids
-        cache.reset(seq.slot)
-        for lo in range(0, len(ids) - 1, PREFILL_CHUNK):
-            chunk = ids[lo:min(lo + PREFILL_CHUNK, len(ids) - 1)]
-            pos = torch.arange(lo, lo + len(chunk), device=self.device)[None]
-            self.model(torch.tensor([chunk], device=self.device), pos, cache, slots=[seq.slot], last_only=True)
-        return self.plain.step(self.model, cache, seq)
 
     # ---- public API ---------------------------------------------------------------------
     def generate(self, prompts: str | list[int] | list[str | list[int]],

@@ -38,8 +38,8 @@ class Collector:
             self.first_at = now
         else:
             self.steps += 1
-            self.accepted += r.accepted
-            self.proposed += r.proposed
+        self.accepted += r.accepted      # the first step may verify drafts too
+        self.proposed += r.proposed
         self.last_at = now
         self.tokens += r.tokens
         self.text.append(r.text)

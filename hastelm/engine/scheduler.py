@@ -1,9 +1,11 @@
 """Continuous batching of many requests over one model, one synchronous `step()` at a time.
 
-The scheduler owns a multi-slot KV cache (`max_batch` slots). Every `step()`
+The scheduler owns a `ModelRunner` (and through it a KV cache of `max_batch` slots). Every `step()`
 1. drops cancelled requests and frees their slots,
 2. admits queued requests into free slots (a slot whose cache still holds a prefix of the new
-   prompt, in whole prefill chunks, keeps it: multi-turn chats skip what they already computed),
+   prompt, in whole prefill chunks, keeps it: multi-turn chats skip what they already computed;
+   a request whose prompt equals a running one's, as the n choices of one request do, copies
+   that prompt's cache entries once they are computed instead of computing them again),
 3. prefills prompts in chunks of `prefill_chunk` tokens (at most about two chunks' worth per
    step, so a long prompt never stalls the streams already running for long), the chunks of
    several new requests together in one padded forward,
@@ -28,8 +30,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
 from ..decoding.choices import DecodingChoices, Strategy
 from ..decoding.plain import PlainDecoding, StepOutcome
 from ..decoding.sampling import SamplingParams, top_logprobs
@@ -38,6 +38,7 @@ from ..decoding.step import StepResult, TokenLogprob
 from ..errors import HastelmError
 from ..formats.tokenizer import Tokenizer
 from ..models.transformer import Transformer
+from .runner import ModelRunner, Row
 from .sequence import apply_step, start_sequence
 
 log = logging.getLogger("hastelm.scheduler")
@@ -69,6 +70,7 @@ class Job:
     prompt_scores: list[TokenLogprob | None] = field(default_factory=list)
     seq: Sequence | None = None
     strategy: Strategy | None = None
+    twin: Job | None = None        # a running job with the same prompt: its prefill is copied, not redone
     cancelled: bool = False
     done: bool = False
 
@@ -85,7 +87,8 @@ class Scheduler:
         self.model, self.tokenizer, self.context_length = model, tokenizer, context_length
         self.choices = choices
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
-        self.cache = model.new_cache(context_length, slots=max_batch)
+        self.runner = ModelRunner(model, context_length, slots=max_batch)
+        self.cache = self.runner.cache
         self.queue: deque[Job] = deque()
         self.slots: list[Job | None] = [None] * max_batch
         self.cached_ids: list[list[int]] = [[] for _ in range(max_batch)]   # what a free slot's cache holds
@@ -146,7 +149,9 @@ class Scheduler:
             except Exception as exc:
                 self._fail_running(exc)
         try:
+            self._copy_twins()
             self._prefill()
+            self._copy_twins()
             self._decode()
         except Exception as exc:
             self._fail_running(exc)
@@ -185,6 +190,33 @@ class Scheduler:
                 continue
             if job.prompt_logprobs is not None:
                 job.prompt_scores = [None]        # nothing predicts the first prompt token
+            else:
+                job.twin = self._twin_of(job)
+
+    def _twin_of(self, job: Job) -> Job | None:
+        """A running job with the same prompt whose cache will hold it (n choices, or the same
+        prompt sent many times): the prompt is then computed once and copied."""
+        prompt = job.ids[:-1]
+        if self._todo(job) == 0:       # its slot already holds the prompt
+            return None
+        for other in self.slots:
+            if (other is not None and other is not job and other.seq is not None and other.twin is None
+                    and other.prompt_logprobs is None and other.ids[:-1] == prompt):
+                return other
+        return None
+
+    def _copy_twins(self) -> None:
+        """Followers whose twin has its prompt cached copy it; a twin that ended early leaves its
+        follower to prefill on its own."""
+        for job in self.slots:
+            if job is None or job.twin is None or job.seq is None:
+                continue
+            twin, need = job.twin, len(job.ids) - 1
+            if twin.done or twin.seq is None:
+                job.twin = None
+            elif self.cache.length(twin.seq.slot) >= need:
+                self.cache.copy_prefix(twin.seq.slot, job.seq.slot, need)
+                job.twin = None
 
     def _slot_for(self, job: Job) -> int:
         """The free slot whose cache holds the longest prefix of the job's prompt (in whole chunks,
@@ -201,7 +233,7 @@ class Scheduler:
         return best
 
     def _prefilling(self) -> list[Job]:
-        return [j for j in self.slots if j is not None and j.seq and self._todo(j) > 0]
+        return [j for j in self.slots if j is not None and j.seq and j.twin is None and self._todo(j) > 0]
 
     def _todo(self, job: Job) -> int:
         return len(job.seq.ids) - 1 - self.cache.length(job.seq.slot)
@@ -235,19 +267,9 @@ class Scheduler:
 
     def _forward_chunks(self, chunks: list[tuple[Job, int, int]]) -> None:
         """Run chunks `ids[lo:hi]` of several requests into their slots in one forward."""
-        width = max(hi - lo for _, lo, hi in chunks)
-        if len(chunks) > 1 and any(lo + width > self.cache.capacity for _, lo, _ in chunks):
-            for chunk in chunks:          # padding would not fit at the end of the context
-                self._forward_chunks([chunk])
-            return
-        dev = self.model.device
-        toks = torch.tensor([job.ids[lo:hi] + [0] * (width - hi + lo) for job, lo, hi in chunks], device=dev)
-        pos = torch.tensor([list(range(lo, lo + width)) for _, lo, _ in chunks], device=dev)
         job, lo, hi = chunks[0]
         scoring = job.prompt_logprobs is not None
-        logits = self.model(toks, pos, self.cache, slots=[j.seq.slot for j, _, _ in chunks],
-                            last_only=not scoring,
-                            valid=[hi - lo for _, lo, hi in chunks] if len(chunks) > 1 else None)
+        logits = self.runner.forward([Row(j.seq.slot, j.ids[lo:hi], lo) for j, lo, hi in chunks], last_only=not scoring)
         if scoring:
             for i, tok in enumerate(job.ids[lo + 1:hi + 1]):
                 job.prompt_scores.append(TokenLogprob(tok, *top_logprobs(logits[0, i], tok, job.prompt_logprobs)))
@@ -268,7 +290,7 @@ class Scheduler:
                 self.peak_batch = max(self.peak_batch, len(jobs))
             t0 = time.perf_counter()
             try:
-                outcomes = strategy.step_batch(self.model, self.cache, [j.seq for j in jobs])
+                outcomes = strategy.step_batch(self.runner, [j.seq for j in jobs])
             except Exception as exc:
                 for job in jobs:
                     self._fail(job, exc)

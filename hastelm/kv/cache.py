@@ -94,6 +94,17 @@ class KVCache:
         self.positions[slot, start + n:self.lengths[slot]] = -1
         self.lengths[slot] = start + n
 
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Make slot `dst` hold the first `n` entries of slot `src` (requests with one prompt compute
+        it once)."""
+        self.reset(dst)
+        for store in (self.keys, self.values):
+            for layer in store:
+                layer[dst, :n] = layer[src, :n]
+        self.positions[dst, :n] = self.positions[src, :n]
+        self.lengths[dst] = n
+        self.zeroed[dst] = max(self.zeroed[dst], n)
+
     def reset(self, slot: int = 0) -> None:
         self.positions[slot, :self.lengths[slot]] = -1
         self.lengths[slot] = 0

@@ -5,6 +5,9 @@ Modes:
 - "bfloat16": dense bf16 weights and activations (GPU default).
 - "fast": CPU default. Weights whose GGUF blocks are groupwise int4 stay packed for the int4
   kernel; the others become per-row int8; activations are bf16.
+- "invariant": bf16 weights and activations on CUDA, every matmul and attention row through the
+  batch-invariant Triton kernels (models/invariant.py), so a token's row is the same bits in a
+  decode step, a prompt chunk or a draft-tree verification: greedy speculation equals plain decoding.
 """
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ from torch import nn
 
 from ..quant.linear import DenseLinear, Int4Linear, Int8Linear
 from .config import ModelConfig
+from .invariant import InvariantLinear, check_available, check_model
 from .rope import interleave_permutation
 from .transformer import LayerWeights, Transformer, residual_dtype
 from .weights import WeightSource
 
-MODES = ("float32", "bfloat16", "fast")
+MODES = ("float32", "bfloat16", "fast", "invariant")
 
 
 def _dtype(mode: str) -> torch.dtype:
@@ -46,6 +50,8 @@ def _linear(src: WeightSource, names: list[str], mode: str, device: torch.device
         # other GGUF types (Q5_0, Q6_K, Q8_0, ...) as per-row int8: a bf16 GEMV is ~5x slower here
         return Int8Linear.quantize(weight.shape, [weight], bias=bias)
     dt = _dtype(mode)
+    if mode == "invariant":
+        return InvariantLinear(weight.to(device, dt), None if bias is None else bias.to(device, dt))
     return DenseLinear(weight.to(device, dt), None if bias is None else bias.to(device, dt))
 
 
@@ -64,6 +70,10 @@ def build_transformer(config: ModelConfig, src: WeightSource, mode: str = "fast"
     device = torch.device(device)
     dt = _dtype(mode)
     c = config
+    invariant = mode == "invariant"
+    if invariant:       # before any weight is converted
+        check_available(device)
+        check_model(c.num_attention_heads, c.num_key_value_heads, c.head_dim)
     q_perm = k_perm = head_perm = None
     if src.rotate_half_layout:
         q_perm = interleave_permutation(c.num_attention_heads, c.head_dim)
@@ -101,13 +111,18 @@ def build_transformer(config: ModelConfig, src: WeightSource, mode: str = "fast"
             progress(i + 1, c.num_hidden_layers + 1)
     tied = c.tie_word_embeddings or not src.has("output.weight")
     fast_cpu = mode == "fast" and device.type == "cpu"
-    # fast CPU mode: per-row int8 for the (usually Q8_0) embedding/output table, half of bf16's bytes
-    embedding: nn.Module = (_int8(src, "token_embd.weight") if fast_cpu
-                            else DenseLinear(src.float("token_embd.weight").to(device, dt)))
-    lm_head = embedding if tied else _linear(src, ["output.weight"], mode, device, [None])
+    embedding: nn.Module
+    if invariant:       # the LM head's logits straight from the kernel's fp32 sums
+        embedding = InvariantLinear(src.float("token_embd.weight").to(device, dt), out_dtype=torch.float32)
+        lm_head = embedding if tied else InvariantLinear(src.float("output.weight").to(device, dt),
+                                                         out_dtype=torch.float32)
+    else:   # fast CPU mode: per-row int8 for the (usually Q8_0) embedding/output table, half of bf16's bytes
+        embedding = (_int8(src, "token_embd.weight") if fast_cpu
+                     else DenseLinear(src.float("token_embd.weight").to(device, dt)))
+        lm_head = embedding if tied else _linear(src, ["output.weight"], mode, device, [None])
     if fast_cpu and isinstance(lm_head, DenseLinear):
         lm_head = _int8(src, "output.weight")
-    model = Transformer(c, embedding, layers, norm("output_norm.weight"), lm_head, dt)
+    model = Transformer(c, embedding, layers, norm("output_norm.weight"), lm_head, dt, invariant=invariant)
     if progress:
         progress(c.num_hidden_layers + 1, c.num_hidden_layers + 1)
     return model.eval()

@@ -2,11 +2,10 @@
 
 Differences between the families are data (config flags and which weights exist), not forks:
 qwen2 adds q/k/v biases; gemma3 adds q/k norms, sandwich norms, GeGLU, scaled embeddings and
-sliding-window layers with their own RoPE base. Layer skipping is an argument of `forward`.
+sliding-window layers with their own RoPE base. Layer skipping is part of the batch description.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kv.cache import KVCache
+from .batch import ForwardBatch
 from ..kernels.cpu import KernelRows, decode_attention, native, rms_norm, rope_qkv, silu_mul
 from .config import ModelConfig
+from .invariant import InvariantRows, attend, invariant_rows
 from .rope import apply_rope, rope_table
 
 
@@ -58,7 +59,8 @@ class Layer(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig, embedding: nn.Module, layers: list[LayerWeights],
-                 final_norm: torch.Tensor, lm_head: nn.Module, dtype: torch.dtype) -> None:
+                 final_norm: torch.Tensor, lm_head: nn.Module, dtype: torch.dtype, *,
+                 invariant: bool = False) -> None:
         super().__init__()
         self.config = config
         self.dtype = dtype                     # KV-cache, attention and matmul-input dtype
@@ -85,6 +87,9 @@ class Transformer(nn.Module):
         # and SwiGLU's silu(gate) * up in one call too
         self.swiglu_kernel = (self.norm_kernel and not c.hidden_activation.startswith("gelu")
                               and c.intermediate_size % 16 == 0)
+        # the "invariant" mode (CUDA): every query row through the batch-invariant Triton attention
+        # over its visible keys compacted in cache order, as the CPU kernel above does
+        self.invariant = invariant
         self._rope_global: torch.Tensor | None = None
         self._rope_local: torch.Tensor | None = None
 
@@ -131,55 +136,50 @@ class Transformer(nn.Module):
         return torch.tanh(out / cap) * cap if cap else out
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                slots: Sequence[int] | None = None, tree_mask: torch.Tensor | None = None,
-                layers: Sequence[int] | None = None, last_only: bool = False,
-                valid: Sequence[int] | None = None) -> torch.Tensor:
-        """Run `tokens` `[B, T]` at RoPE `positions` `[B, T]`, appending their K/V to `cache`.
+    def forward(self, batch: ForwardBatch, cache: KVCache) -> torch.Tensor:
+        """Run `batch` (see `ForwardBatch`), writing its keys and values into `cache` at each row's
+        `starts` index; the cache's bookkeeping (lengths, positions) is the caller's.
 
-        New entries go after each slot's cached prefix, which they all see. Among themselves they
-        attend causally, or by `tree_mask` `[T, T]` / `[B, T, T]` (True = may attend) for a draft
-        tree. `layers` runs only those layers (self-speculative drafting). `valid` gives a padded prefill batch's
-        real tokens per row: each row then attends exactly as it would alone, and its padding
-        leaves the cache. Returns float32 logits `[B, T, V]` (`[B, 1, V]` with `last_only`).
+        New entries see their slot's cached prefix; among themselves they attend causally, or by
+        the tree mask. A padded batch with `valid` computes each row exactly as alone. Returns
+        float32 logits `[B, T, V]` (`[B, 1, V]` at each row's last real token with `last_only`).
         """
-        B, T = tokens.shape
-        tokens, positions = tokens.to(self.device), positions.to(self.device)   # no-ops when already there
-        slots = list(range(B)) if slots is None else list(slots)
-        starts = [cache.reserve(s, T) for s in slots]
+        B, T = batch.shape
+        tokens, positions = batch.tokens.to(self.device), batch.positions.to(self.device)   # no-ops when there
+        slots, starts = batch.slots, batch.starts
         L = max(starts) + T
-        if len(slots) > 1 and T > 1:    # shorter rows read up to L (masked, but never NaN garbage)
-            for s in slots:
-                cache.zero_to(s, L)
-        write = self._write_plan(cache, slots, starts, positions, T)
-        masks = self._masks(cache, slots, starts, positions, T, L, tree_mask)
-        rot_g = self._rope(False, int(positions.max()) + 1)[positions]
-        rot_l = self._rope(True, int(positions.max()) + 1)[positions] if self.config.sliding_window else rot_g
+        write = self._write_index(slots, starts, T)
+        masks = self._masks(cache, slots, starts, positions, T, L, batch.tree_mask)
+        top = int(positions.max()) + 1
+        rot_g = self._rope(False, top)[positions]
+        rot_l = self._rope(True, top)[positions] if self.config.sliding_window else rot_g
         x = self.embed(tokens)
-        run = range(len(self.layers)) if layers is None else layers
-        rows = None if valid is None else list(zip(starts, valid))
-        kernel_rows = self._kernel_rows(slots, starts, T, masks, rot_g, rot_l) if self.decode_kernel else None
+        run = range(len(self.layers)) if batch.layers is None else batch.layers
+        rows = None if batch.valid is None else list(zip(starts, batch.valid))
+        kernel_rows: dict[bool, KernelRows] | dict[bool, InvariantRows] | None = None
+        if self.decode_kernel:
+            kernel_rows = self._kernel_rows(slots, starts, T, masks, rot_g, rot_l)
+        elif self.invariant:
+            kernel_rows = invariant_rows(slots, starts, T, masks, self.device)
         for i in run:
             sliding = self.config.layer_is_sliding(i)
             x = self._layer(i, x, cache, slots, write, L, masks[sliding], rot_l if sliding else rot_g, rows,
                             None if kernel_rows is None else kernel_rows[sliding])
-        for s in slots:
-            cache.commit(s, T)
-        if valid is not None:
-            for s, n in zip(slots, valid):
-                cache.trim(T - n, s)
-        return self.logits(x[:, -1:] if last_only else x)
+        if not batch.last_only:
+            return self.logits(x)
+        if batch.valid is None:
+            return self.logits(x[:, -1:])
+        last = torch.tensor(batch.valid, device=self.device) - 1
+        return self.logits(x[torch.arange(B, device=self.device), last][:, None])
 
     # ---- pieces --------------------------------------------------------------------------
-    def _write_plan(self, cache: KVCache, slots: list[int], starts: list[int],
-                    positions: torch.Tensor, T: int) -> tuple[int, int] | tuple[torch.Tensor, torch.Tensor]:
+    def _write_index(self, slots: list[int], starts: list[int],
+                     T: int) -> tuple[int, int] | tuple[torch.Tensor, torch.Tensor]:
+        """Where the new keys go: (slot, start) for one row, else index tensors `[B, T]`."""
         if len(slots) == 1:
-            s, st = slots[0], starts[0]
-            cache.positions[s, st:st + T] = positions[0]
-            return (s, st)
+            return (slots[0], starts[0])
         slot_idx = torch.tensor(slots, device=self.device)[:, None].expand(-1, T)
         idx = torch.tensor(starts, device=self.device)[:, None] + torch.arange(T, device=self.device)
-        cache.positions[slot_idx, idx] = positions
         return (slot_idx, idx)
 
     def _masks(self, cache: KVCache, slots: list[int], starts: list[int], positions: torch.Tensor,
@@ -243,7 +243,7 @@ class Transformer(nn.Module):
     def _attention(self, qkv: torch.Tensor, layer: Layer, keys: torch.Tensor, values: torch.Tensor,
                    cache: KVCache, slots: list[int], write: tuple, L: int, mask: torch.Tensor | None,
                    rot: torch.Tensor, rows: list[tuple[int, int]] | None,
-                   kernel_rows: KernelRows | None) -> torch.Tensor:
+                   kernel_rows: KernelRows | InvariantRows | None) -> torch.Tensor:
         """RoPE, the cache write and attention of `qkv` `[B, T, nq + 2 nkv, D]` -> `[B, nq, T, D]`."""
         B, T = qkv.shape[:2]
         nq, nkv, hd = self.n_q, self.n_kv, self.head_dim
@@ -262,7 +262,8 @@ class Transformer(nn.Module):
         if kernel_rows is not None:
             # every query row (decode, prompt chunk, draft-tree node) through the one-token kernel:
             # all three compute a token's row with the same arithmetic
-            att = decode_attention(q.reshape(B * T, nq, hd), keys, values, kernel_rows, self.attn_scale)
+            run = attend if isinstance(kernel_rows, InvariantRows) else decode_attention
+            att = run(q.reshape(B * T, nq, hd), keys, values, kernel_rows, self.attn_scale)
             att = att.view(B, T, nq, hd).transpose(1, 2)
         elif isinstance(write[0], int):
             att = self._attend(q, keys[s:s + 1, :L], values[s:s + 1, :L], mask)
@@ -285,7 +286,8 @@ class Transformer(nn.Module):
 
     def _layer(self, i: int, x: torch.Tensor, cache: KVCache, slots: list[int], write: tuple,
                L: int, mask: torch.Tensor | None, rot: torch.Tensor,
-               rows: list[tuple[int, int]] | None = None, kernel_rows: KernelRows | None = None) -> torch.Tensor:
+               rows: list[tuple[int, int]] | None = None,
+               kernel_rows: KernelRows | InvariantRows | None = None) -> torch.Tensor:
         layer = self.layer_list[i]
         qkv_proj, o_proj, gate_up_proj, down_proj = layer.linears
         attn_norm, ffn_norm, qk_norm, post_attn_norm, post_ffn_norm = layer.norms
@@ -295,7 +297,7 @@ class Transformer(nn.Module):
         h = self.norm(x, attn_norm)
         qkv = qkv_proj(h)
         keys, values = cache.keys[i], cache.values[i]
-        if kernel_rows is not None and qk_norm is None and qkv.dtype == torch.float32:
+        if isinstance(kernel_rows, KernelRows) and qk_norm is None and qkv.dtype == torch.float32:
             # fast CPU mode: RoPE and the cache write in one call, then every query row (decode,
             # prompt chunk, draft-tree node) through the one-token kernel: the same arithmetic
             q = rope_qkv(qkv, kernel_rows, keys, values, nq)

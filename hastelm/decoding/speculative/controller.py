@@ -100,7 +100,7 @@ class Controller:
         if self.fixed is None and r.costs is not None:
             # no larger tree than could ever pay here: building and scoring 64 nodes every step
             # costs a 2-core CPU more than the 16 it might verify
-            budget = Budget(min(budget.nodes, self.useful_nodes(r.costs)), budget.depth, budget.cache)
+            budget = Budget(min(budget.nodes, self.useful_nodes(r.costs)), budget.depth, budget.runner)
         tree = p.propose(r.seq, budget)
         if tree is None or not len(tree):
             return None, 0, 0.0
@@ -139,7 +139,7 @@ class Controller:
         st = self.costly.setdefault(p.name, _CostlyState())
         stats = self.stats_for(p, "")
         choices = [self._chain_length(st, stats, r) for r in requests]
-        asked = [(i, Budget(k, min(k, r.budget.depth), r.budget.cache))
+        asked = [(i, Budget(k, min(k, r.budget.depth), r.budget.runner))
                  for i, (r, (k, _)) in enumerate(zip(requests, choices)) if k > 0]
         results: list[tuple[DraftTree | None, int, float]] = [(None, 0, 0.0)] * len(requests)
         if not asked:

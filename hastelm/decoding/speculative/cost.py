@@ -13,7 +13,7 @@ import weakref
 
 import torch
 
-from ...kv.cache import KVCache
+from ...engine.runner import ModelRunner, Row
 from ...models.transformer import Transformer
 
 POINTS = (1, 2, 4, 8, 16, 32, 64)
@@ -60,30 +60,30 @@ class CostModel:
 _MODELS: weakref.WeakKeyDictionary[Transformer, CostModel] = weakref.WeakKeyDictionary()
 
 
-def cost_model(model: Transformer, cache: KVCache, slot: int, max_tokens: int) -> CostModel:
+def cost_model(runner: ModelRunner, slot: int, max_tokens: int) -> CostModel:
     """The model's cost curve, measured on first use (shared by every strategy on the model)."""
-    if model not in _MODELS:
-        _MODELS[model] = measure(model, cache, slot, max_tokens)
-    return _MODELS[model]
+    if runner.model not in _MODELS:
+        _MODELS[runner.model] = measure(runner, slot, max_tokens)
+    return _MODELS[runner.model]
 
 
-def measure(model: Transformer, cache: KVCache, slot: int, max_tokens: int) -> CostModel:
+def measure(runner: ModelRunner, slot: int, max_tokens: int) -> CostModel:
     """Time forwards of T tokens after the slot's cached prefix, then trim them away.
 
     The sizes take turns, round after round, and each keeps its best time: a stretch of noise
     from other processes then slows every size alike instead of skewing the curve's shape."""
+    cache = runner.cache
     room = cache.capacity - cache.length(slot)
     points = [t for t in POINTS if t <= min(max_tokens, room)] or [1]
     base = cache.length(slot)
-    dev = model.device
+    dev = runner.device
 
     def run(t: int) -> float:
-        tokens = torch.zeros(1, t, dtype=torch.long, device=dev)
-        positions = torch.arange(base, base + t, device=dev)[None]
-        mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril() if t > 1 else None
+        # priced as a tree (masked attention), the form most verification forwards take
+        row = Row(slot, [0] * t, base, mask=torch.ones(t, t, dtype=torch.bool).tril() if t > 1 else None)
         _sync(dev)
         t0 = time.perf_counter()
-        model(tokens, positions, cache, slots=[slot], tree_mask=mask)
+        runner.forward([row])
         _sync(dev)
         seconds = time.perf_counter() - t0
         cache.trim(t, slot)

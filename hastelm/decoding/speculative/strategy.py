@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...kv.cache import KVCache
-from ...models.transformer import Transformer
+from ...engine.runner import ModelRunner, Row
 from ..plain import StepOutcome
 from ..sampling import greedy_tokens
 from ..sequence import Sequence
@@ -40,21 +39,22 @@ class SpeculativeDecoding:
         self._key = f"shadows:{name}"      # per-request state key, apart from the proposers' own
 
     # ---- the engine's strategy protocol ---------------------------------------------------
-    def step(self, model: Transformer, cache: KVCache, seq: Sequence) -> StepOutcome:
-        return self.step_batch(model, cache, [seq])[0]
+    def step(self, runner: ModelRunner, seq: Sequence) -> StepOutcome:
+        return self.step_batch(runner, [seq])[0]
 
-    def step_batch(self, model: Transformer, cache: KVCache, seqs: list[Sequence]) -> list[StepOutcome]:
+    def step_batch(self, runner: ModelRunner, seqs: list[Sequence]) -> list[StepOutcome]:
         """Propose for every request, verify all their trees in one forward (continuous batching),
         then accept, compact and feed back per request."""
-        plans = self._plan(model, cache, seqs)
+        cache = runner.cache
+        plans = self._plan(runner, seqs)
         t0 = time.perf_counter()
-        logits = self._verify(model, cache, seqs, plans)
+        logits = self._verify(runner, seqs, plans)
         acceptances = [self._accept(s, p.tree, lg) for s, p, lg in zip(seqs, plans, logits)]
         t1 = time.perf_counter()
         outcomes = []
         for seq, plan, lg, acceptance in zip(seqs, plans, logits, acceptances):
             tree = plan.tree
-            # the accepted path stays; rejected nodes and a batch's padding entries go
+            # the accepted path stays; rejected nodes go
             cache.keep_tail(plan.base, [0, *acceptance.nodes], seq.slot)
             feedback = Feedback(tree, lg, acceptance, seq.pending, plan.root)
             for p in self.proposers:
@@ -78,7 +78,8 @@ class SpeculativeDecoding:
     def _shadows(self, seq: Sequence) -> Shadows:
         return seq.strategy_state.setdefault(self._key, Shadows())
 
-    def _plan(self, model: Transformer, cache: KVCache, seqs: list[Sequence]) -> list[_Planned]:
+    def _plan(self, runner: ModelRunner, seqs: list[Sequence]) -> list[_Planned]:
+        cache = runner.cache
         requests, bases = [], []
         for seq in seqs:
             shadows = self._shadows(seq)
@@ -86,43 +87,26 @@ class SpeculativeDecoding:
             base = cache.length(seq.slot)          # where the pending token's entry goes
             bases.append(base)
             budget = Budget(nodes=min(self.controller.max_nodes, cache.capacity - base - 1),
-                            depth=seq.stopper.limit - seq.stopper.count - 1, cache=cache)
+                            depth=seq.stopper.limit - seq.stopper.count - 1, runner=runner)
             costs = None
             if self.controller.fixed is None:
-                costs = cost_model(model, cache, seq.slot, self.controller.max_nodes + 1)
+                costs = cost_model(runner, seq.slot, self.controller.max_nodes + 1)
             requests.append(Request(seq, budget, costs, shadows, len(seq.ids) - 1))   # root: its RoPE position
         plans = self.controller.plan_batch(self.proposers, requests)
         return [_Planned(plan.tree.limit_depth(max(r.budget.depth, 0)), base, r.root, r.costs)
                 for r, plan, base in zip(requests, plans, bases)]
 
     @staticmethod
-    def _verify(model: Transformer, cache: KVCache, seqs: list[Sequence],
-                plans: list[_Planned]) -> list[torch.Tensor]:
-        """Target logits `[N_i + 1, V]` at every request's root and draft nodes."""
-        dev = model.device
-        if len(seqs) == 1:
-            seq, plan = seqs[0], plans[0]
-            tokens = torch.tensor([[seq.pending, *plan.tree.tokens]], device=dev)
-            is_chain = plan.tree.parents == list(range(len(plan.tree)))
-            mask = None if is_chain else plan.tree.mask(dev)        # a chain is just causal attention
-            return [model(tokens, plan.tree.positions(plan.root, dev)[None], cache, slots=[seq.slot],
-                          tree_mask=mask)[0]]
-        # one forward for all trees, padded to the largest; a padding entry sees only itself and
-        # the prefix, and compaction to the accepted path drops it from the cache
-        width = max(len(p.tree) for p in plans) + 1
-        if any(p.base + width > cache.capacity for p in plans):
-            return [SpeculativeDecoding._verify(model, cache, [s], [p])[0] for s, p in zip(seqs, plans)]
-        tokens = torch.zeros(len(seqs), width, dtype=torch.long)
-        positions = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.eye(width, dtype=torch.bool).repeat(len(seqs), 1, 1)
-        for b, (seq, plan) in enumerate(zip(seqs, plans)):
-            n = len(plan.tree) + 1
-            tokens[b, :n] = torch.tensor([seq.pending, *plan.tree.tokens])
-            positions[b, :n] = plan.tree.positions(plan.root)
-            positions[b, n:] = plan.root + torch.arange(1, width - n + 1)
-            mask[b, :n, :n] = plan.tree.mask()
-        logits = model(tokens.to(dev), positions.to(dev), cache, slots=[s.slot for s in seqs],
-                       tree_mask=mask.to(dev))
+    def _verify(runner: ModelRunner, seqs: list[Sequence], plans: list[_Planned]) -> list[torch.Tensor]:
+        """Target logits `[N_i + 1, V]` at every request's root and draft nodes, all trees in one
+        forward (a chain is just causal attention: no mask)."""
+        rows = []
+        for seq, plan in zip(seqs, plans):
+            tree = plan.tree
+            is_chain = tree.parents == list(range(len(tree)))
+            rows.append(Row(seq.slot, [seq.pending, *tree.tokens], positions=[plan.root + d for d in [0, *tree.depths]],
+                            mask=None if is_chain else tree.mask()))
+        logits = runner.forward(rows)
         return [logits[b, :len(p.tree) + 1] for b, p in enumerate(plans)]
 
     @staticmethod

@@ -4,21 +4,23 @@ states its prior acceptance. Everything the controller calls is declared here.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from ....kv.cache import KVCache
 from ...sequence import Sequence
 from ..tree import DraftTree
 from ..verify import Acceptance
+
+if TYPE_CHECKING:
+    from ....engine.runner import ModelRunner
 
 
 @dataclass
 class Budget:
     nodes: int      # at most this many draft nodes
     depth: int      # and no deeper than this (tokens the request may still produce, minus one)
-    cache: KVCache | None = None   # the target's cache (it holds ids[:-1]), for self-speculation
+    runner: ModelRunner | None = None   # the target's runner (its cache holds ids[:-1]), for self-speculation
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 
 from ....errors import InvalidParameterError
 from ....formats.tokenizer import Tokenizer
-from ....kv.cache import KVCache
+from ....engine.runner import ModelRunner, Row
 from ....models.transformer import Transformer
 from ...sequence import Sequence, common_prefix
 from ..tree import DraftTree
@@ -32,17 +32,17 @@ class DraftModel:
 
     def __init__(self, model: Transformer) -> None:
         self.model = model
-        self.cache: KVCache | None = None          # one slot per target slot
+        self.runner: ModelRunner | None = None     # the draft's own cache: one slot per target slot
         self.held: dict[int, list[int]] = {}       # per slot: the ids the draft cache holds
 
-    def _ensure_cache(self, slots: int, capacity: int) -> KVCache:
-        cache = self.cache
-        if cache is None or cache.capacity < capacity or cache.num_slots < slots:
-            capacity = max(capacity, cache.capacity if cache else 0)
-            slots = max(slots, cache.num_slots if cache else 0)
-            cache = self.cache = self.model.new_cache(capacity, slots=slots)
+    def _ensure_runner(self, slots: int, capacity: int) -> ModelRunner:
+        runner = self.runner
+        if runner is None or runner.cache.capacity < capacity or runner.cache.num_slots < slots:
+            capacity = max(capacity, runner.cache.capacity if runner else 0)
+            slots = max(slots, runner.cache.num_slots if runner else 0)
+            runner = self.runner = ModelRunner(self.model, capacity, slots)
             self.held = {}
-        return cache
+        return runner
 
     def propose(self, seq: Sequence, budget: Budget) -> DraftTree | None:
         return self.propose_batch([(seq, budget)])[0]
@@ -58,9 +58,10 @@ class DraftModel:
         seqs = [requests[i][0] for i in todo]
         limit = self.model.config.max_position_embeddings
         need = max(len(s.ids) + n + 1 for s, n in zip(seqs, lengths))
-        target = next((requests[i][1].cache for i in todo if requests[i][1].cache is not None), None)
-        capacity = min(max(need, target.capacity if target else 0), limit)
-        cache = self._ensure_cache(max(s.slot for s in seqs) + 1, capacity)
+        target = next((requests[i][1].runner for i in todo if requests[i][1].runner is not None), None)
+        capacity = min(max(need, target.cache.capacity if target else 0), limit)
+        runner = self._ensure_runner(max(s.slot for s in seqs) + 1, capacity)
+        cache = runner.cache
         keep = [(r, s) for r, (s, n) in enumerate(zip(seqs, lengths)) if len(s.ids) + n <= cache.capacity]
         if not keep:
             return out
@@ -69,16 +70,13 @@ class DraftModel:
             common = common_prefix(self.held.get(seq.slot, []), seq.ids[:-1])
             cache.trim(cache.length(seq.slot) - common, seq.slot)
             pending.append((seq.slot, seq.ids[common:], common))
-        firsts = self._catch_up(cache, pending)
+        firsts = self._catch_up(runner, pending)
         seqs = [s for _, s in keep]
         lengths = [lengths[r] for r, _ in keep]
         roots = [len(s.ids) - 1 for s in seqs]
-        dev = self.model.device
 
         def advance(rows: list[int], tokens: list[int], i: int) -> torch.Tensor:
-            positions = [[roots[r] + 1 + i] for r in rows]
-            return self.model(torch.tensor([[t] for t in tokens], device=dev), torch.tensor(positions, device=dev),
-                              cache, slots=[seqs[r].slot for r in rows])[:, -1]
+            return runner.decode([seqs[r].slot for r in rows], tokens, [roots[r] + 1 + i for r in rows])
 
         trees = draft_chains(seqs, lengths, firsts, advance)
         for (r, seq), tree in zip(keep, trees):
@@ -86,32 +84,12 @@ class DraftModel:
             out[todo[r]] = tree
         return out
 
-    def _catch_up(self, cache: KVCache, pending: list[tuple[int, list[int], int]]) -> torch.Tensor:
+    def _catch_up(self, runner: ModelRunner, pending: list[tuple[int, list[int], int]]) -> torch.Tensor:
         """Run each (slot, ids, start) into the draft cache; the draft's predictions after each one's
         last id `[B, V]`. Short catch-ups (the tokens accepted last step) share one padded forward."""
-        dev = self.model.device
         if len(pending) > 1 and all(len(ids) <= CHUNK for _, ids, _ in pending):
-            width = max(len(ids) for _, ids, _ in pending)
-            tokens = torch.zeros(len(pending), width, dtype=torch.long)
-            positions = torch.zeros(len(pending), width, dtype=torch.long)
-            for r, (_, ids, start) in enumerate(pending):
-                tokens[r, :len(ids)] = torch.tensor(ids)
-                positions[r] = start + torch.arange(width)
-            valid = [len(ids) for _, ids, _ in pending]
-            logits = self.model(tokens.to(dev), positions.to(dev), cache, slots=[slot for slot, _, _ in pending],
-                                valid=valid)
-            return logits[torch.arange(len(pending), device=dev), torch.tensor(valid, device=dev) - 1]
-        return torch.stack([self._run(cache, slot, ids, start) for slot, ids, start in pending])
-
-    def _run(self, cache: KVCache, slot: int, ids: list[int], start: int) -> torch.Tensor:
-        dev = self.model.device
-        logits = None
-        for lo in range(0, len(ids), CHUNK):
-            chunk = ids[lo:lo + CHUNK]
-            pos = torch.arange(start + lo, start + lo + len(chunk), device=dev)[None]
-            logits = self.model(torch.tensor([chunk], device=dev), pos, cache, slots=[slot],
-                                last_only=True)[0, -1]
-        return logits
+            return runner.forward([Row(slot, ids, start) for slot, ids, start in pending], last_only=True)
+        return torch.stack([runner.extend(slot, ids, start, chunk=CHUNK) for slot, ids, start in pending])
 
     def update(self, seq: Sequence, feedback: Feedback) -> None:
         """The draft cache is rolled back lazily, at the next proposal, to the common prefix."""

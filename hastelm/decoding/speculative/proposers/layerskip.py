@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from ....engine.runner import ModelRunner, Row, teacher_forced_logits
 from ....formats.tokenizer import Tokenizer
 from ....models.transformer import Transformer
 from ...sequence import Sequence
@@ -33,21 +34,17 @@ CALIBRATION_TEXT = (
 SKIP_COUNTS = (1, 2, 3, 4, 6, 8, 10, 12)
 
 
-def _agreement(model: Transformer, tokens: torch.Tensor, reference: torch.Tensor,
-               layers: list[int] | None) -> float:
-    cache = model.new_cache(tokens.shape[1] + 1)
-    positions = torch.arange(tokens.shape[1], device=model.device)[None]
-    guess = model(tokens, positions, cache, layers=layers)[0].argmax(-1)
+def _agreement(model: Transformer, ids: list[int], reference: torch.Tensor, layers: list[int] | None) -> float:
+    guess = teacher_forced_logits(model, ids, layers).argmax(-1)
     return float((guess == reference).float().mean())
 
 
 def _step_seconds(model: Transformer, layers: list[int] | None, repeats: int = 3) -> float:
-    cache = model.new_cache(8)
-    tok = torch.zeros(1, 1, dtype=torch.long, device=model.device)
+    runner = ModelRunner(model, 8, cuda_graphs=False)
     best = float("inf")
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        model(tok, torch.tensor([[i]], device=model.device), cache, layers=layers)
+        runner.forward([Row(0, [0], i)], layers=layers)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -65,11 +62,9 @@ def calibrate(model: Transformer, tokenizer: Tokenizer, text: str = CALIBRATION_
     """Layers to run when drafting, and their measured agreement with the full model."""
     n = len(model.layers)
     ids = tokenizer.encode(text)[:64]
-    tokens = torch.tensor([ids], device=model.device)
-    reference = model(tokens, torch.arange(len(ids), device=model.device)[None],
-                      model.new_cache(len(ids) + 1))[0].argmax(-1)
+    reference = teacher_forced_logits(model, ids).argmax(-1)
     # the first and last layers stay: skipping them wrecks every model we tried
-    scores = {i: _agreement(model, tokens, reference, [j for j in range(n) if j != i]) for i in range(1, n - 1)}
+    scores = {i: _agreement(model, ids, reference, [j for j in range(n) if j != i]) for i in range(1, n - 1)}
     order = sorted(scores, key=lambda i: -scores[i])
     full_s = _step_seconds(model, None)
     best: tuple[float, list[int], float] = (0.0, list(range(n)), 1.0)
@@ -78,7 +73,7 @@ def calibrate(model: Transformer, tokenizer: Tokenizer, text: str = CALIBRATION_
             break
         skip = set(order[:count])
         layers = [j for j in range(n) if j not in skip]
-        alpha = _agreement(model, tokens, reference, layers)
+        alpha = _agreement(model, ids, reference, layers)
         speedup = _predicted_speedup(alpha, _step_seconds(model, layers) / full_s)
         if speedup > best[0]:
             best = (speedup, layers, alpha)
@@ -104,10 +99,12 @@ class LayerSkip:
         """Chains for several requests of one cache, each drafting step one batched forward of the
         kept layers (rows attend over their own slots, as alone)."""
         out: list[DraftTree | None] = [None] * len(requests)
-        todo = [i for i, (_, b) in enumerate(requests) if b.cache is not None and b.nodes > 0 and b.depth > 0]
+        todo = [i for i, (_, b) in enumerate(requests) if b.runner is not None and b.nodes > 0 and b.depth > 0]
         if not todo:
             return out
-        cache, model, dev = requests[todo[0]][1].cache, self.model, self.model.device
+        runner = requests[todo[0]][1].runner
+        assert runner is not None
+        cache = runner.cache
         seqs = [requests[i][0] for i in todo]
         lengths = [min(requests[i][1].nodes, requests[i][1].depth) for i in todo]
         slots = [s.slot for s in seqs]
@@ -115,9 +112,8 @@ class LayerSkip:
         roots = [len(s.ids) - 1 for s in seqs]
 
         def run(rows: list[int], tokens: list[int], step: int) -> torch.Tensor:
-            positions = [[roots[r] + step] for r in rows]
-            return model(torch.tensor([[t] for t in tokens], device=dev), torch.tensor(positions, device=dev),
-                         cache, slots=[slots[r] for r in rows], layers=self.layers)[:, -1]
+            return runner.forward([Row(slots[r], [t], roots[r] + step) for r, t in zip(rows, tokens)],
+                                  layers=self.layers, last_only=True)
 
         try:
             first = run(list(range(len(seqs))), [s.pending for s in seqs], 0)
