@@ -12,7 +12,7 @@ import pytest
 
 from hastelm.decoding.sampling import SamplingParams
 from hastelm.decoding.choices import DecodingChoices
-from hastelm.engine.scheduler import Job
+from hastelm.engine.jobs import Job
 from hastelm.server.worker import ServingScheduler
 from server_support import RunningServer
 

@@ -17,7 +17,8 @@ from ..errors import ContextOverflowError, HastelmError, InvalidParameterError
 from ..models.loader import load_model
 from ..models.registry import DEFAULT_MODEL
 from .runner import PREFILL_CHUNK
-from .scheduler import Job, Scheduler
+from .jobs import Job
+from .scheduler import Scheduler
 from .outputs import Collector
 
 if TYPE_CHECKING:

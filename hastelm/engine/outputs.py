@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..decoding.step import Completion, StepResult, TokenLogprob
-from .scheduler import Event, Job
+from .jobs import Event, Job
 
 
 @dataclass

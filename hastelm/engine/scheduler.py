@@ -27,56 +27,20 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from ..decoding.choices import DecodingChoices, Strategy
+from ..decoding.choices import DecodingChoices
 from ..decoding.plain import PlainDecoding, StepOutcome
-from ..decoding.sampling import SamplingParams, top_logprobs
-from ..decoding.sequence import Sequence, common_prefix
+from ..decoding.sampling import top_logprobs
+from ..decoding.sequence import common_prefix
 from ..decoding.step import StepResult, TokenLogprob
 from ..errors import HastelmError
 from ..formats.tokenizer import Tokenizer
 from ..models.transformer import Transformer
+from .jobs import Job, QueueFullError
 from .runner import ModelRunner, Row
 from .sequence import apply_step, start_sequence
 
 log = logging.getLogger("hastelm.scheduler")
-
-Event = StepResult | BaseException
-Deliver = Callable[["Job", Event], None]
-
-
-class QueueFullError(HastelmError):
-    """The waiting queue is full; the caller should retry later."""
-
-
-class SchedulerStopped(HastelmError):
-    """The scheduler was shut down before the request finished."""
-
-
-@dataclass(eq=False)
-class Job:
-    """One sequence to generate. `deliver` is called from the scheduler thread with each
-    `StepResult`, or once with an exception that ends the job."""
-    ids: list[int]
-    params: SamplingParams
-    deliver: Deliver
-    index: int = 0
-    speculative: str | None = None
-    prompt_logprobs: int | None = None     # also score the prompt, with this many alternatives
-    score_only: bool = False               # end after the prompt (echo with max_tokens=0)
-    # set by the scheduler
-    prompt_scores: list[TokenLogprob | None] = field(default_factory=list)
-    seq: Sequence | None = None
-    strategy: Strategy | None = None
-    twin: Job | None = None        # a running job with the same prompt: its prefill is copied, not redone
-    cancelled: bool = False
-    done: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
 
 class Scheduler:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, context_length: int, choices: DecodingChoices, *,

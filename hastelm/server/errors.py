@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..decoding.choices import StrategyError
 from ..errors import ContextOverflowError, HastelmError
-from ..engine.scheduler import QueueFullError, SchedulerStopped
+from ..engine.jobs import QueueFullError, SchedulerStopped
 from .schemas import SamplingFields
 
 log = logging.getLogger("hastelm.server")

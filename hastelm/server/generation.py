@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Request
 
 from ..decoding.step import StepResult, TokenLogprob
-from ..engine.scheduler import Job
+from ..engine.jobs import Job
 from .errors import api_error
 
 DISCONNECT_POLL_S = 0.25

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..decoding.sampling import SamplingParams
 from ..errors import HastelmError
-from ..engine.scheduler import Job
+from ..engine.jobs import Job
 from .errors import APIError, api_error
 from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 

@@ -7,7 +7,8 @@ import threading
 
 import torch
 
-from ..engine.scheduler import Job, Scheduler, SchedulerStopped
+from ..engine.jobs import Job, SchedulerStopped
+from ..engine.scheduler import Scheduler
 
 log = logging.getLogger("hastelm.server")
 
