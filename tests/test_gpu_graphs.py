@@ -1,22 +1,22 @@
-"""The static-shape decode step (hastelm/gpu/static_step.py) and its CUDA-graph replay (gpu/graphs.py).
+"""The static-shape step (hastelm/gpu/static_step.py) and its CUDA-graph replay (gpu/graphs.py),
+reached through the `ModelRunner` as the engine reaches it.
 
-On the CPU, in float32, the static step computes what `Transformer.forward` does (the real default
-model and tiny llama/qwen2 models), for one row and for rows in different slots with different
-lengths, and `GraphDecoder` (eager without CUDA) pads, buckets and splits batches correctly. On a
-GPU, graph replay equals the eager static step and greedy decoding through the graphs follows eager
-bf16 decoding. `HASTELM_GPU_MODEL` names the model for the GPU tests (else the packaged default
-model, else a tiny random llama).
+On the CPU, in float32, a runner whose one-token rows and small trees go through `GraphDecoder`
+(eagerly, without CUDA) computes what the plain runner (`Transformer.forward`) does: decode rows
+in different slots at different lengths, draft trees beside chains of another length, padding,
+buckets and split batches. On a GPU, graph replay equals the eager static step, and greedy
+decoding through the graphs follows eager bf16 decoding. `HASTELM_GPU_MODEL` names the model for
+the GPU tests (else the packaged default model, else a tiny random llama).
 """
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from hastelm.gpu.eager import commit_decode, eager_step, prefill, record_decode
+from hastelm.engine.runner import ModelRunner, Row
 from hastelm.gpu.graphs import GraphDecoder, length_buckets
 from hastelm.gpu.static_step import StaticDecodeStep, supports
 from hastelm.models.loader import load_model
@@ -30,30 +30,32 @@ def _ids(n: int, seed: int, vocab: int) -> list[int]:
     return torch.randint(0, min(vocab, 257), (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def _filled_cache(model: Transformer, capacity: int = 512):
-    cache = model.new_cache(capacity, slots=4)
-    for slot, n in LENGTHS.items():
-        prefill(model, cache, slot, _ids(n, slot, model.config.vocab_size))
-    return cache
+def _runner(model: Transformer, graphs: bool, buckets: tuple[int, ...] | None = None,
+            replay: bool | None = None) -> ModelRunner:
+    """A runner over 4 slots holding LENGTHS' prompts; with `graphs`, its steps go through a
+    GraphDecoder (`buckets`: its batch buckets; `replay` False: the static step run eagerly)."""
+    runner = ModelRunner(model, 512, slots=4, cuda_graphs=graphs)
+    if graphs and (buckets or replay is not None):
+        runner._graphs = GraphDecoder(model, runner.cache, **({"batch_buckets": buckets} if buckets else {}),
+                                      use_graphs=replay)
+    runner.forward([Row(s, _ids(n, s, model.config.vocab_size), 0) for s, n in LENGTHS.items()], last_only=True)
+    return runner
 
 
-def _check_step(model: Transformer, slots: list[int], rtol: float = 1e-5) -> None:
-    """One decode step of `slots` through the eager forward and through the static step, each on
-    its own copy of the same cache: logits and the written keys/values agree."""
-    cache = _filled_cache(model)
-    ref_cache = copy.deepcopy(cache)
+def _close(got: torch.Tensor, want: torch.Tensor, rtol: float) -> None:
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * want.abs().max().item())
+
+
+def _check_decode(model: Transformer, slots: list[int], rtol: float = 1e-5) -> None:
+    ref, fast = _runner(model, False), _runner(model, True)
     tokens = [11 + 5 * b for b in range(len(slots))]
-    ref = eager_step(model, ref_cache, slots, [[t] for t in tokens])
-    step = StaticDecodeStep(model, cache)
-    w = torch.tensor([cache.lengths[s] for s in slots])
-    with torch.inference_mode():
-        logits, ids = step(torch.tensor(tokens), w, torch.tensor(slots), w, length_buckets(cache.capacity)[0])
-    scale = ref.abs().max().item()
-    torch.testing.assert_close(logits, ref, rtol=rtol, atol=rtol * scale)
-    assert ids.tolist() == logits.argmax(-1).tolist()
-    for s, n in zip(slots, w.tolist()):
-        for store, ref_store in ((cache.keys, ref_cache.keys), (cache.values, ref_cache.values)):
-            torch.testing.assert_close(store[-1][s, :n + 1], ref_store[-1][s, :n + 1], rtol=rtol, atol=rtol)
+    positions = [LENGTHS[s] for s in slots]
+    _close(fast.decode(slots, tokens, positions), ref.decode(slots, tokens, positions), rtol)
+    for s in slots:
+        n = LENGTHS[s] + 1
+        assert fast.length(s) == ref.length(s) == n
+        _close(fast.cache.keys[-1][s, :n], ref.cache.keys[-1][s, :n], rtol)
+        _close(fast.cache.values[-1][s, :n], ref.cache.values[-1][s, :n], rtol)
 
 
 # ---- CPU: the static step against the eager forward ----------------------------------------------
@@ -63,9 +65,9 @@ def smollm(llm_f32) -> Transformer:
 
 
 @pytest.mark.parametrize("slots", [[2], [3, 0, 2]], ids=["B1", "B3"])
-def test_static_step_matches_forward_real_model(smollm: Transformer, slots: list[int]) -> None:
+def test_graph_decode_matches_forward_real_model(smollm: Transformer, slots: list[int]) -> None:
     assert supports(smollm)
-    _check_step(smollm, slots)
+    _check_decode(smollm, slots)
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "mistral", "gemma3"])
@@ -78,7 +80,7 @@ def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return request.param, load_model(folder, "float32").model
 
 
-def test_static_step_matches_forward_tiny(tiny: tuple[str, Transformer]) -> None:
+def test_graph_decode_matches_forward_tiny(tiny: tuple[str, Transformer]) -> None:
     arch, model = tiny
     if arch in ("mistral", "gemma3"):     # sliding windows, q/k norms: declined, not miscomputed
         assert not supports(model)
@@ -86,33 +88,43 @@ def test_static_step_matches_forward_tiny(tiny: tuple[str, Transformer]) -> None
             StaticDecodeStep(model, model.new_cache(64))
         return
     assert supports(model)
-    _check_step(model, [0])
-    _check_step(model, [3, 0, 2])
+    _check_decode(model, [0])
+    _check_decode(model, [3, 0, 2])
 
 
-def test_graph_decoder_pads_buckets_and_splits(smollm: Transformer) -> None:
-    """GraphDecoder's host side on the CPU (no graphs): 3 rows padded to bucket 4, and the same
-    rows split over buckets of 2, follow eager greedy decoding for 8 steps."""
-    base = _filled_cache(smollm)
-    slots = [3, 0, 2]
-    first = [5, 6, 7]
-    ref_cache = copy.deepcopy(base)
-    want, toks = [], first
-    for _ in range(8):
-        toks = eager_step(smollm, ref_cache, slots, [[t] for t in toks]).argmax(-1).tolist()
-        want.append(toks)
-    for buckets in ((1, 4), (2,)):
-        cache = copy.deepcopy(base)
-        dec = GraphDecoder(smollm, cache, batch_buckets=buckets)
-        got, toks = [], first
-        for _ in range(8):
-            positions, write = record_decode(cache, slots)
-            toks = dec.decode_greedy(slots, toks, positions, write)
-            commit_decode(cache, slots)
-            got.append(toks)
-        assert got == want, buckets
-        logits = dec.decode(slots, [1, 2, 3], *record_decode(cache, slots))
-        assert logits.shape == (3, smollm.config.vocab_size) and logits.dtype == torch.float32
+def test_tree_and_chain_rows_through_the_graph_step(smollm: Transformer) -> None:
+    """A draft tree (5 nodes) beside a 3-token chain: the token bucket's padding and the tree mask
+    give the plain forward's logits, and the padding leaves the cache."""
+    parents = [-1, 0, 0, 1, 2]
+    mask = torch.zeros(5, 5, dtype=torch.bool)
+    depth = []
+    for i, p in enumerate(parents):
+        mask[i] = mask[p] if p >= 0 else False
+        mask[i, i] = True
+        depth.append(0 if p < 0 else depth[p] + 1)
+    rows = [Row(3, [5, 6, 7, 8, 9], positions=[LENGTHS[3] + d for d in depth], mask=mask),
+            Row(0, [10, 11, 12], LENGTHS[0])]
+    ref, fast = _runner(smollm, False), _runner(smollm, True)
+    want, got = ref.forward(rows), fast.forward(rows)
+    _close(got[0], want[0], 1e-5)
+    _close(got[1, :3], want[1, :3], 1e-5)
+    assert (fast.length(3), fast.length(0)) == (LENGTHS[3] + 5, LENGTHS[0] + 3)
+    assert bool((fast.cache.positions[0, LENGTHS[0] + 3:] == -1).all())
+
+
+@pytest.mark.parametrize("buckets", [(1, 4), (2,)], ids=["padded", "split"])
+def test_padded_and_split_batches_follow_eager_greedy(smollm: Transformer, buckets: tuple[int, ...]) -> None:
+    """3 rows padded to a bucket of 4, or split over buckets of 2: 8 greedy steps as the plain runner."""
+    slots, first = [3, 0, 2], [5, 6, 7]
+
+    def greedy(runner: ModelRunner) -> list[list[int]]:
+        toks, out = first, []
+        for i in range(8):
+            toks = runner.decode(slots, toks, [LENGTHS[s] + i for s in slots]).argmax(-1).tolist()
+            out.append(toks)
+        return out
+
+    assert greedy(_runner(smollm, True, buckets, replay=False)) == greedy(_runner(smollm, False))
 
 
 def test_buckets() -> None:
@@ -142,69 +154,41 @@ def gpu_model(tmp_path_factory: pytest.TempPathFactory) -> Transformer:
 
 @cuda
 def test_graph_replay_equals_eager_static_step(gpu_model: Transformer) -> None:
-    cache = _filled_cache(gpu_model)
     slots = [3, 0, 2]
-    w = [cache.lengths[s] for s in slots]
-    dec = GraphDecoder(gpu_model, cache)
-    eager = GraphDecoder(gpu_model, cache, use_graphs=False)
-    for rep, tokens in enumerate(([9, 8, 7], [4, 5, 6])):   # captured on the first call, replayed on new inputs
-        got = dec.decode(slots, tokens, w, w)
-        want = eager.decode(slots, tokens, w, w)
-        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
-        print(f"replay {rep}: max |graph - eager| = {(got - want).abs().max().item():.2e}")
+    replayed, eager = _runner(gpu_model, True), _runner(gpu_model, True, replay=False)
+    for i, tokens in enumerate(([9, 8, 7], [4, 5, 6])):    # captured on the first call, replayed after
+        positions = [LENGTHS[s] + i for s in slots]
+        got, want = replayed.decode(slots, tokens, positions), eager.decode(slots, tokens, positions)
+        _close(got, want, 1e-2)
+        print(f"replay {i}: max |graph - eager| = {(got - want).abs().max().item():.2e}")
 
 
 @cuda
 def test_graph_greedy_follows_eager_bf16(gpu_model: Transformer) -> None:
-    """32 greedy tokens from eager bf16 `Transformer.forward`; the graph path, fed the same tokens
-    (teacher forcing, so one early flip cannot cascade), picks the same argmax at >= 95% of steps."""
-    n = 32
-    prompt = _ids(24, 1, gpu_model.config.vocab_size)
-    ref_cache = gpu_model.new_cache(512)
-    tok = prefill(gpu_model, ref_cache, 0, prompt).argmax().item()
-    eager_tokens = [tok]
-    for _ in range(n - 1):
-        eager_tokens.append(eager_step(gpu_model, ref_cache, [0], [[eager_tokens[-1]]])[0].argmax().item())
-    cache = gpu_model.new_cache(512)
-    graph_tokens = [prefill(gpu_model, cache, 0, prompt).argmax().item()]
-    dec = GraphDecoder(gpu_model, cache)
-    for t in eager_tokens[:-1]:
-        positions, write = record_decode(cache, [0])
-        graph_tokens.append(dec.decode_greedy([0], [t], positions, write)[0])
-        commit_decode(cache, [0])
-    agree = sum(a == b for a, b in zip(graph_tokens, eager_tokens)) / n
-    print(f"graph vs eager bf16 greedy argmax agreement: {agree:.3f}; identical: {graph_tokens == eager_tokens}")
+    """32 greedy tokens from eager bf16 decoding; the graph path, fed the same tokens (teacher
+    forcing, so one early flip cannot cascade), picks the same argmax at >= 95% of steps."""
+    ref, fast = _runner(gpu_model, False), _runner(gpu_model, True)
+    tokens = [5]
+    for i in range(32):
+        tokens.append(int(ref.decode([2], [tokens[-1]], [LENGTHS[2] + i])[0].argmax()))
+    picked = [int(fast.decode([2], [t], [LENGTHS[2] + i])[0].argmax()) for i, t in enumerate(tokens[:-1])]
+    agree = sum(a == b for a, b in zip(picked, tokens[1:])) / 32
+    print(f"graph vs eager bf16 greedy argmax agreement: {agree:.3f}")
     assert agree >= 0.95
 
 
 @cuda
-def test_graph_batch_of_three_slots(gpu_model: Transformer) -> None:
-    base = _filled_cache(gpu_model)
+def test_graph_rows_trees_and_capture_all(gpu_model: Transformer) -> None:
     slots, tokens = [3, 0, 2], [5, 6, 7]
-    ref_cache, cache = copy.deepcopy(base), copy.deepcopy(base)
-    ref = eager_step(gpu_model, ref_cache, slots, [[t] for t in tokens])
-    dec = GraphDecoder(gpu_model, cache)
-    positions, write = record_decode(cache, slots)
-    got = dec.decode(slots, tokens, positions, write)
-    commit_decode(cache, slots)
-    tol = 0.05 * ref.abs().max().item()      # bf16, other kernels than the eager forward's
-    torch.testing.assert_close(got, ref, rtol=0.05, atol=tol)
-    _same_choice(got, ref, tol)
-    alone = GraphDecoder(gpu_model, copy.deepcopy(base)).decode([2], [7], [LENGTHS[2]], [LENGTHS[2]])
-    torch.testing.assert_close(alone[0], got[2], rtol=0.05, atol=tol)
-    # buckets of 2: the rows run as two replays of one graph (2 rows, then 1 padded to 2)
-    split = GraphDecoder(gpu_model, copy.deepcopy(base), batch_buckets=(2,))
-    ids = torch.tensor(split.decode_greedy(slots, tokens, positions, write), device=ref.device)
-    assert (ref.gather(1, ids[:, None])[:, 0] >= ref.max(-1).values - tol).all()
-    # every bucket captured up front (a slot is empty), then decoding goes on
-    warm = GraphDecoder(gpu_model, copy.deepcopy(base), batch_buckets=(1, 4))
-    warm.capture_all()
-    assert len(warm._captured) == 2 * len(warm.key_buckets)
-    torch.testing.assert_close(warm.decode(slots, tokens, positions, write), got, rtol=0.05, atol=tol)
-
-
-def _same_choice(got: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
-    """Each row's argmax is the reference's, or within `tol` of its top logit (a bf16 near-tie)."""
-    picked = ref.gather(1, got.argmax(-1, keepdim=True))[:, 0]
-    assert (picked >= ref.max(-1).values - tol).all(), (got.argmax(-1), ref.argmax(-1))
-    print(f"batch of {len(ref)}: argmax equal in {(got.argmax(-1) == ref.argmax(-1)).sum().item()} rows")
+    positions = [LENGTHS[s] for s in slots]
+    ref, fast = _runner(gpu_model, False), _runner(gpu_model, True)
+    want, got = ref.decode(slots, tokens, positions), fast.decode(slots, tokens, positions)
+    _close(got, want, 0.05)                 # bf16, other kernels than the eager forward's
+    alone = _runner(gpu_model, True).decode([2], [7], [LENGTHS[2]])
+    _close(alone[0], got[2], 0.05)
+    chain = [Row(0, [1, 2, 3, 4], LENGTHS[0] + 1), Row(2, [5, 6], LENGTHS[2] + 1)]
+    _close(fast.forward(chain)[0], ref.forward(chain)[0], 0.05)
+    warm = _runner(gpu_model, True)
+    warm.cache.reset(1)
+    warm._graph_decoder().capture_all((1, 4))          # every bucket up front, then decoding goes on
+    _close(warm.decode(slots, tokens, positions), got, 0.05)

@@ -44,11 +44,15 @@ class Row:
 
 class ModelRunner:
     def __init__(self, model: Transformer, capacity: int | None = None, slots: int = 1, *,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool | None = None, compile_graphs: bool = False) -> None:
+        """`cuda_graphs`: run decode steps and small draft trees through captured graphs (default:
+        on CUDA; True elsewhere runs the same static step eagerly, for tests);
+        `compile_graphs`: `torch.compile` what they capture (fused kernels; slow first steps)."""
         self.model = model
         self.cache: KVCache = model.new_cache(capacity, slots=slots)
         self._graphs: GraphDecoder | None = None
-        self._use_graphs = cuda_graphs and model.device.type == "cuda"
+        self._use_graphs = model.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self._compile = compile_graphs
 
     @property
     def device(self) -> torch.device:
@@ -68,8 +72,9 @@ class ModelRunner:
         width = max(lens)
         if len(rows) > 1 and any(cache.length(r.slot) + width > cache.capacity for r in rows):
             return self._one_by_one(rows, layers, last_only)     # padding would not fit the context
-        if width == 1 and layers is None and self._graph_decoder() is not None:
-            return self._decode_graphs(rows, last_only)
+        if layers is None and (graphs := self._graph_decoder()) is not None and \
+                graphs.fits(len(rows), width, max(cache.length(r.slot) + width for r in rows)):
+            return self._forward_graphs(graphs, rows, width, last_only)
         starts = [cache.reserve(r.slot, width) for r in rows]
         if len(rows) > 1 and width > 1:      # shorter rows read up to the longest (masked, never NaN)
             for r in rows:
@@ -149,19 +154,25 @@ class ModelRunner:
             if not supports(self.model):
                 self._use_graphs = False
                 return None
-            self._graphs = GraphDecoder(self.model, self.cache)
+            self._graphs = GraphDecoder(self.model, self.cache, compile=self._compile)
         return self._graphs
 
-    def _decode_graphs(self, rows: list[Row], last_only: bool) -> torch.Tensor:
+    def _forward_graphs(self, graphs: GraphDecoder, rows: list[Row], width: int, last_only: bool) -> torch.Tensor:
+        """`forward` through captured CUDA graphs (decode steps and small trees)."""
         cache = self.cache
-        starts = [cache.reserve(r.slot, 1) for r in rows]
-        positions = [r.position_list()[0] for r in rows]
-        self._record_positions(rows, starts, torch.tensor(positions)[:, None], 1)
-        assert self._graphs is not None
-        logits = self._graphs.decode([r.slot for r in rows], [r.tokens[0] for r in rows], positions, starts)
+        starts = [cache.reserve(r.slot, width) for r in rows]
+        positions = [r.position_list() for r in rows]
+        pad = [p + list(range(p[-1] + 1, p[-1] + 1 + width - len(p))) for p in positions]
+        self._record_positions(rows, starts, torch.tensor(pad), width)
+        logits = graphs.run([r.slot for r in rows], [r.tokens for r in rows], positions, starts,
+                            [r.mask for r in rows])
         for r in rows:
-            cache.commit(r.slot, 1)
-        return logits if last_only else logits[:, None]
+            cache.commit(r.slot, width)
+            if len(r.tokens) < width:
+                cache.trim(width - len(r.tokens), r.slot)
+        if last_only:
+            return logits[torch.arange(len(rows)), torch.tensor([len(r.tokens) - 1 for r in rows])]
+        return logits
 
 
 def teacher_forced_logits(model: Transformer, ids: Sequence[int], layers: Sequence[int] | None = None) -> torch.Tensor:

@@ -20,12 +20,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..kv.cache import KVCache
+from ..engine.runner import ModelRunner, Row
 from ..models.config import ModelConfig
 from ..models.transformer import LayerWeights, Transformer
 from ..quant.linear import DenseLinear
-from .eager import commit_decode, eager_step, prefill, record_decode
-from .graphs import GraphDecoder
 
 
 def random_smollm2(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Transformer:
@@ -61,9 +59,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _trim(cache: KVCache, slots: list[int], length: int) -> None:
+def _trim(runner: ModelRunner, slots: list[int], length: int) -> None:
     for s in slots:
-        cache.trim(cache.lengths[s] - length, s)
+        runner.cache.trim(runner.length(s) - length, s)
 
 
 def _timed(run: Callable[[], list[list[int]]]) -> tuple[float, list[list[int]]]:
@@ -74,74 +72,66 @@ def _timed(run: Callable[[], list[list[int]]]) -> tuple[float, list[list[int]]]:
     return time.perf_counter() - t0, out
 
 
-def bench_batch(model: Transformer, cache: KVCache, B: int, prompt: int, steps: int, eager_steps: int,
-                repeats: int, decoders: dict[str, GraphDecoder]) -> dict:
+def _greedy(runner: ModelRunner, slots: list[int], start: list[int], prompt: int, n: int) -> list[list[int]]:
+    """`n` greedy decode steps of every slot after its `prompt` cached tokens (one host read a step)."""
+    toks, out = start, []
+    for i in range(n):
+        toks = runner.decode(slots, toks, [prompt + i] * len(slots)).argmax(-1).tolist()
+        out.append(toks)
+    return out
+
+
+def bench_batch(runners: dict[str, ModelRunner], B: int, prompt: int, steps: int, eager_steps: int,
+                repeats: int) -> dict:
+    """Eager (`runners["eager"]`) against each graph runner, B rows decoding together."""
     slots = list(range(B))
-    for s in slots:
-        cache.reset(s)
-        first = prefill(model, cache, s, [(7 * s + 13 * i) % 1000 + 1 for i in range(prompt)])
-    start = [int(first.argmax())] * B
-
-    def eager(n: int) -> list[list[int]]:
-        toks, out = start, []
-        for _ in range(n):
-            toks = eager_step(model, cache, slots, [[t] for t in toks]).argmax(-1).tolist()
-            out.append(toks)
-        return out
-
-    def graphs(dec: GraphDecoder, n: int) -> list[list[int]]:
-        toks, out = start, []
-        for _ in range(n):
-            positions, write = record_decode(cache, slots)
-            toks = dec.decode_greedy(slots, toks, positions, write)
-            commit_decode(cache, slots)
-            out.append(toks)
-        return out
-
+    ids = [[(7 * s + 13 * i) % 1000 + 1 for i in range(prompt)] for s in slots]
+    start: list[int] = []
+    for runner in runners.values():
+        for s in slots:
+            runner.cache.reset(s)
+        first = runner.forward([Row(s, ids[s], 0) for s in slots], last_only=True)
+        start = first.argmax(-1).tolist()
     row: dict = {"batch": B}
-    times = []
-    for _ in range(repeats):
-        _trim(cache, slots, prompt)
-        dt, eager_out = _timed(lambda: eager(eager_steps))
-        times.append(dt)
-    row["eager_tok_s"] = B * eager_steps / statistics.median(times)
-    row["eager_ms_step"] = 1e3 * statistics.median(times) / eager_steps
-    for name, dec in decoders.items():
-        _trim(cache, slots, prompt)
+    out: dict[str, list[list[int]]] = {}
+    for name, runner in runners.items():
+        n = eager_steps if name == "eager" else steps
+        _trim(runner, slots, prompt)
         t0 = time.perf_counter()
-        graphs(dec, 1)            # captures (and compiles) this bucket
+        _greedy(runner, slots, start, prompt, 1)       # captures (and compiles) this bucket
         _sync()
         row[f"{name}_capture_s"] = time.perf_counter() - t0
         times = []
         for _ in range(repeats):
-            _trim(cache, slots, prompt)
-            dt, out = _timed(lambda: graphs(dec, steps))
+            _trim(runner, slots, prompt)
+            dt, out[name] = _timed(lambda: _greedy(runner, slots, start, prompt, n))
             times.append(dt)
-        row[f"{name}_tok_s"] = B * steps / statistics.median(times)
-        row[f"{name}_ms_step"] = 1e3 * statistics.median(times) / steps
-        m = min(len(out), len(eager_out))
-        row[f"{name}_agree_eager"] = sum(a == b for x, y in zip(out[:m], eager_out[:m]) for a, b in zip(x, y)) / (m * B)
-        if torch.cuda.is_available():
-            row[f"{name}_gpu_ms_step"] = _gpu_step_ms(dec, cache, slots, prompt)
-    _trim(cache, slots, prompt)
+        row[f"{name}_tok_s"] = B * n / statistics.median(times)
+        row[f"{name}_ms_step"] = 1e3 * statistics.median(times) / n
+        if name != "eager":
+            m = min(len(out[name]), len(out["eager"]))
+            row[f"{name}_agree_eager"] = sum(a == b for x, y in zip(out[name][:m], out["eager"][:m])
+                                             for a, b in zip(x, y)) / (m * B)
+            if torch.cuda.is_available():
+                row[f"{name}_gpu_ms_step"] = _gpu_step_ms(runner, slots, prompt)
+        _trim(runner, slots, prompt)
     return row
 
 
-def _gpu_step_ms(dec: GraphDecoder, cache: KVCache, slots: list[int], prompt: int, n: int = 50) -> float:
+def _gpu_step_ms(runner: ModelRunner, slots: list[int], prompt: int, n: int = 50) -> float:
     """GPU time of one step: `n` back-to-back replays of the same step (it rewrites one entry)."""
-    _trim(cache, slots, prompt)
-    positions, write = record_decode(cache, slots)
-    args = (slots, [1] * len(slots), positions, write)
-    dec.decode(*args)
+    _trim(runner, slots, prompt)
+    runner.decode(slots, [1] * len(slots), [prompt] * len(slots))
+    dec = runner._graphs
+    assert dec is not None
+    bb, key_len = dec.bucket(len(slots), prompt)
+    graph = dec._captured[(bb, 1, key_len)].graph
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    bb, key_len = dec.bucket(len(slots), max(write))
-    graph = dec._captured[(bb, key_len)].graph
     start.record()
     for _ in range(n):
         graph.replay()
     end.record()
     end.synchronize()
-    commit_decode(cache, slots)
     return start.elapsed_time(end) / n
 
 
@@ -165,19 +155,19 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model = random_smollm2(device, torch.bfloat16 if device == "cuda" else torch.float32)
     batches = [int(b) for b in a.batches.split(",")]
-    cache = model.new_cache(a.capacity, slots=max(batches))
-    decoders: dict[str, GraphDecoder] = {}
+    runners = {"eager": ModelRunner(model, a.capacity, max(batches), cuda_graphs=False)}
     if not a.no_plain:
-        decoders["graphs"] = GraphDecoder(model, cache)
+        runners["graphs"] = ModelRunner(model, a.capacity, max(batches))
     if a.compile:
-        decoders["compiled"] = GraphDecoder(model, cache, compile=True)
+        runners["compiled"] = ModelRunner(model, a.capacity, max(batches), compile_graphs=True)
     info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
             "model": a.model or "random SmolLM2-135M-shaped llama", "dtype": str(model.dtype),
             "weight_mb": weight_bytes(model) / 1e6, "prompt": a.prompt, "steps": a.steps,
             "eager_steps": a.eager_steps, "repeats": a.repeats}
     rows = []
     for B in batches:
-        row = bench_batch(model, cache, B, a.prompt, a.steps, a.eager_steps, a.repeats, decoders)
+        row = bench_batch(runners, B, a.prompt, a.steps, a.eager_steps, a.repeats)
+        decoders = [n for n in runners if n != "eager"]
         for name in decoders:
             if f"{name}_gpu_ms_step" in row:
                 row[f"{name}_gb_s"] = info["weight_mb"] / 1e3 / (row[f"{name}_gpu_ms_step"] / 1e3)
@@ -191,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _print_row(row: dict, decoders: dict) -> None:
+def _print_row(row: dict, decoders: list[str]) -> None:
     parts = [f"B={row['batch']:>3}  eager {row['eager_tok_s']:9.1f} t/s ({row['eager_ms_step']:.2f} ms/step)"]
     for name in decoders:
         gpu = row.get(f"{name}_gpu_ms_step")
