@@ -139,11 +139,7 @@ def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _invariant(folder: Path) -> LLM:
-    llm = LLM(str(folder), dtype="invariant", device=str(DEVICE), context_length=128, max_batch=4)
-    # decode steps must not replay CUDA graphs of another attention: gpu/static_step.supports()
-    # should decline invariant models (test_graphs_decline_invariant_models); until then, eager here
-    llm.scheduler.runner._use_graphs = False
-    return llm
+    return LLM(str(folder), dtype="invariant", device=str(DEVICE), context_length=128, max_batch=4)
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -212,6 +208,8 @@ def test_greedy_speculation_equals_plain_decoding(kernels: ModuleType, tiny_fold
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs exist only on CUDA")
 def test_graphs_decline_invariant_models(kernels: ModuleType, tiny_folders: dict[str, Path]) -> None:
+    """Decode steps must not replay CUDA graphs of the bf16 step (SDPA, cuBLAS): the runner then
+    sends them through the invariant forward like every other row."""
     from hastelm.gpu.graphs import supports
     model = LLM(str(tiny_folders["llama"]), dtype="invariant", device="cuda", context_length=128).model
     assert not supports(model)
@@ -225,11 +223,19 @@ CODE_PROMPTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def real_llm(request: pytest.FixtureRequest) -> LLM:
+    """SmolLM2 in the invariant mode: HASTELM_GPU_MODEL (as scripts/gpu_check.sh sets it from
+    MODEL), else the packaged default model."""
+    path = os.environ.get("HASTELM_GPU_MODEL") or request.getfixturevalue("smollm_path")
+    return LLM(str(path), dtype="invariant", device="cuda", context_length=1024, max_batch=8)
+
+
+@pytest.mark.real_model
 @pytest.mark.skipif(not CUDA, reason="the real model in the invariant mode needs CUDA")
 @pytest.mark.parametrize("method", ["pld", "auto"])
-def test_real_model_speculation_equals_plain_decoding(kernels: ModuleType, smollm_path: Path, method: str) -> None:
-    llm = LLM(str(smollm_path), dtype="invariant", device="cuda", context_length=1024, max_batch=8)
-    llm.scheduler.runner._use_graphs = False      # see _invariant
+def test_real_model_speculation_equals_plain_decoding(kernels: ModuleType, real_llm: LLM, method: str) -> None:
+    llm = real_llm
     params = SamplingParams(temperature=0, max_tokens=96)
     plain = [c.token_ids for c in llm.generate(CODE_PROMPTS, params)]
     spec = llm.generate(CODE_PROMPTS, params, speculative=method)
