@@ -14,8 +14,8 @@ HIDDEN, FFN, HEADS = 32, 256, 2     # FFN = one 256-wide block per row, so any G
 
 
 def _byte_symbols() -> list[str]:
-    from hastelm.formats.tokenizer import _byte_level_alphabet
-    return list(_byte_level_alphabet().values())
+    from hastelm.formats.vocab import byte_level_alphabet
+    return list(byte_level_alphabet().values())
 
 
 def write_tiny_gguf(path: Path, arch: str = "llama",

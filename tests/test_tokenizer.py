@@ -265,8 +265,8 @@ def test_gemma_template_constant_renders_without_system() -> None:
 
 def _toy_metadata(pre: str = "gpt2", extra_tokens: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """A tiny byte-level vocab: the 256 byte symbols, one merge, optional control tokens."""
-    from hastelm.formats.tokenizer import _byte_level_alphabet
-    symbols = list(_byte_level_alphabet().values())
+    from hastelm.formats.vocab import byte_level_alphabet
+    symbols = list(byte_level_alphabet().values())
     tokens = symbols + ["Ġa", *extra_tokens]
     types = [1] * (len(symbols) + 1) + [3] * len(extra_tokens)
     return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
@@ -279,7 +279,7 @@ def test_unsupported_tokenizer_model() -> None:
 
 
 def test_unknown_pre_tokenizer_warns_and_uses_gpt2(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="hastelm.formats.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="hastelm.formats.gguf_tokenizer"):
         tok = Tokenizer.from_gguf_metadata(_toy_metadata(pre="no-such-pre"))
     assert "no-such-pre" in caplog.text
     assert tok.encode("b a") == [tok.token_to_id("b"), tok.token_to_id("Ġa")]
@@ -300,7 +300,7 @@ def test_from_hf_folder(smol: Tokenizer, smol_ref: Any, tmp_path: Path) -> None:
 @pytest.mark.parametrize("pre", ["default", "gpt2", "smollm", "llama3", "llama-bpe", "qwen2", "deepseek-llm",
                                  "deepseek-coder", "falcon", "starcoder", "bloom", "viking", "dbrx"])
 def test_known_pre_tokenizers_build(pre: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="hastelm.formats.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="hastelm.formats.gguf_tokenizer"):
         tok = Tokenizer.from_gguf_metadata(_toy_metadata(pre=pre))
     assert not caplog.records  # the name is known: no fallback warning
     text = "It's 2024: naïve café, 日本!\n\tx  y"

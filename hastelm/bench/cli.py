@@ -215,7 +215,7 @@ def _cpu_name() -> str:
         pass
     return platform.processor()
 
-# `hastelm bench serve` (the server's load test, serve_load.py) registers here as bench_app.command("serve").
-from .serve_load import serve_bench  # noqa: E402  (the subcommand lives in its own module)
+# `hastelm bench serve` (the server's load test, serve_cli.py) registers here as bench_app.command("serve").
+from .serve_cli import serve_bench  # noqa: E402  (the subcommand lives in its own module)
 
 bench_app.command("serve")(serve_bench)
