@@ -92,6 +92,18 @@ def test_matmul_rows_do_not_depend_on_the_batch(kernels: ModuleType) -> None:
     torch.testing.assert_close(wide.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-4)
 
 
+def test_rms_norm_rows_do_not_depend_on_the_batch(kernels: ModuleType) -> None:
+    x, w = _randn(9, 576, seed=7), _randn(576, seed=8)
+    full = kernels.invariant_rms_norm(x, w, 1e-5)
+    for r in (0, 8):
+        assert torch.equal(kernels.invariant_rms_norm(x[r:r + 1].clone(), w, 1e-5), full[r:r + 1])
+    ref = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-5) * w.double()
+    torch.testing.assert_close(full.double(), ref, rtol=2 ** -7, atol=1e-3)
+    bare = kernels.invariant_rms_norm(x[:, :64], None, 1e-5)          # a strided view, no weight
+    torch.testing.assert_close(bare.double(), torch.nn.functional.rms_norm(x[:, :64].double(), (64,), eps=1e-5),
+                               rtol=2 ** -7, atol=1e-3)
+
+
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """float64 attention of q `[H, D]` over k, v `[n, Hkv, D]`."""
     group = q.shape[0] // k.shape[1]

@@ -14,6 +14,9 @@ chunk differs in its last bits, and greedy speculation stops matching plain deco
   step (keys 0..L), a prompt chunk (causal) and a draft-tree node (prefix + ancestors, siblings
   skipped) compute a token's row bit for bit alike. The query heads sharing a KV head (GQA) are
   the rows of one `tl.dot`; rows of an MMA do not interact, so the group size changes nothing.
+- `invariant_rms_norm`: one program per row, one fixed-shape sum. torch's norm is one block per
+  row too, but which of its kernels runs (vectorized or not, and a composite `mean` whose
+  reduction layout depends on the number of rows in some builds) is torch's choice, not ours.
 
 The design follows Thinking Machines' batch_invariant_ops (fixed-config Triton matmul) and
 hastelm's CPU attention kernel (kernels/csrc/decode_attention.h). Import this module lazily:
@@ -167,4 +170,29 @@ def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
         values.stride(0), values.stride(1), values.stride(2), key_index.stride(0), out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=D, BLOCK_N=ATTN_BLOCK_N,
         UPCAST=_interpreted(q), **ATTN_LAUNCH)
+    return out
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, N, stride_x, stride_o, eps,
+                     HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < N
+    x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
+    y = x * tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
+    if HAS_WEIGHT:
+        y = y * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def invariant_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMS norm of the rows of `x` `[M, N]` (times `weight` `[N]`), fp32 inside, in x's dtype."""
+    x = x if x.stride(1) == 1 else x.contiguous()
+    M, N = x.shape
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if M == 0:
+        return out
+    _rms_norm_kernel[(M,)](x, weight if weight is not None else x, out, N, x.stride(0), out.stride(0), float(eps),
+                           HAS_WEIGHT=weight is not None, BLOCK=max(16, triton.next_power_of_2(N)), num_warps=4)
     return out

@@ -3,10 +3,10 @@ through `kernels/triton_invariant.py`.
 
 A token's row must come out bit for bit the same from a decode step, a prompt chunk or a draft-tree
 verification, whatever else shares the forward: then greedy speculation equals plain decoding on
-the GPU as it does in the CPU fast mode. Norms, RoPE and SiLU are row-wise already; the matmuls go
-through `InvariantLinear` and attention through `attend`, which reads each query row's visible keys
-(`InvariantRows`, built once per forward from the masks `Transformer._masks` makes) compacted in
-cache order.
+the GPU as it does in the CPU fast mode. RoPE, SiLU and the residual adds are elementwise; the
+matmuls go through `InvariantLinear`, the norms through `rms_norm` and attention through `attend`,
+which reads each query row's visible keys (`InvariantRows`, built once per forward from the masks
+`Transformer._masks` makes) compacted in cache order.
 """
 from __future__ import annotations
 
@@ -72,6 +72,12 @@ class InvariantLinear(nn.Module):
 
     def rows(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.embedding(tokens, self.weight)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMS norm over the last dimension of `x` (any leading shape), one fixed sum per row."""
+    n = x.shape[-1]
+    return _kernels().invariant_rms_norm(x.reshape(-1, n), weight, eps).view(x.shape)
 
 
 @dataclass(frozen=True)

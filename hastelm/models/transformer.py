@@ -17,6 +17,7 @@ from .batch import ForwardBatch
 from ..kernels.cpu import KernelRows, decode_attention, native, rms_norm, rope_qkv, silu_mul
 from .config import ModelConfig
 from .invariant import InvariantRows, attend, invariant_rows
+from .invariant import rms_norm as invariant_norm
 from .rope import apply_rope, rope_table
 
 
@@ -127,6 +128,8 @@ class Transformer(nn.Module):
         """RMS norm over the hidden size (residual-stream rows)."""
         if self.norm_kernel:
             return rms_norm(x, weight, self.config.rms_norm_eps)
+        if self.invariant:
+            return invariant_norm(x, weight, self.config.rms_norm_eps)
         return F.rms_norm(x, (x.shape[-1],), weight, self.config.rms_norm_eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -249,7 +252,8 @@ class Transformer(nn.Module):
         nq, nkv, hd = self.n_q, self.n_kv, self.head_dim
         qk, v = qkv[:, :, :nq + nkv], qkv[:, :, nq + nkv:].to(self.dtype)
         if layer.qk_norm is not None:
-            qk = F.rms_norm(qk, (hd,), None, self.config.rms_norm_eps) * layer.qk_norm
+            eps = self.config.rms_norm_eps
+            qk = (invariant_norm(qk, None, eps) if self.invariant else F.rms_norm(qk, (hd,), None, eps)) * layer.qk_norm
         qk = apply_rope(qk, rot).to(self.dtype)
         q, k = qk[:, :, :nq], qk[:, :, nq:]
         if isinstance(write[0], int):
