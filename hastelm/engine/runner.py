@@ -137,13 +137,13 @@ class ModelRunner:
 
     def _record_positions(self, rows: list[Row], starts: list[int], positions: torch.Tensor, width: int) -> None:
         """Each new entry's RoPE position, beside its keys (masks and eviction read them)."""
-        store = self.cache.positions
+        store = self.cache.positions          # host-side
         if len(rows) == 1:
-            store[rows[0].slot, starts[0]:starts[0] + width] = positions[0].to(store.device)
+            store[rows[0].slot, starts[0]:starts[0] + width] = positions[0]
             return
         slot_idx = torch.tensor([r.slot for r in rows])[:, None].expand(-1, width)
         idx = torch.tensor(starts)[:, None] + torch.arange(width)
-        store[slot_idx.to(store.device), idx.to(store.device)] = positions.to(store.device)
+        store[slot_idx, idx] = positions
 
     # ---- CUDA graphs ----------------------------------------------------------------------
     def _graph_decoder(self) -> GraphDecoder | None:

@@ -25,7 +25,8 @@ class KVCache:
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.zeroed = [0] * slots
-        self.positions = torch.full((slots, capacity), -1, dtype=torch.long, device=device)
+        # host-side, like the lengths: a decode step records positions without touching the GPU
+        self.positions = torch.full((slots, capacity), -1, dtype=torch.long)
         self.lengths = [0] * slots          # host-side: read on every step, so no device sync
         self.capacity = capacity
         self.num_slots = slots
@@ -69,12 +70,13 @@ class KVCache:
 
         Used to compact an accepted tree path and by eviction policies.
         """
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.positions.device)
+        idx = torch.as_tensor(indices, dtype=torch.long).cpu()
         n = int(idx.numel())
         old = self.lengths[slot]
+        on_device = idx.to(self.keys[0].device)
         for store in (self.keys, self.values):
             for layer in store:
-                layer[slot, :n] = layer[slot].index_select(0, idx)
+                layer[slot, :n] = layer[slot].index_select(0, on_device)
         self.positions[slot, :n] = self.positions[slot].index_select(0, idx)
         self.positions[slot, n:old] = -1
         self.lengths[slot] = n
@@ -85,11 +87,12 @@ class KVCache:
         if sel == list(range(start, start + len(sel))):
             self.trim(self.lengths[slot] - start - len(sel), slot)   # already contiguous
             return
-        idx = torch.tensor(sel, dtype=torch.long, device=self.positions.device)
+        idx = torch.tensor(sel, dtype=torch.long)
         n = len(sel)
+        on_device = idx.to(self.keys[0].device)
         for store in (self.keys, self.values):
             for layer in store:
-                layer[slot, start:start + n] = layer[slot].index_select(0, idx)
+                layer[slot, start:start + n] = layer[slot].index_select(0, on_device)
         self.positions[slot, start:start + n] = self.positions[slot].index_select(0, idx)
         self.positions[slot, start + n:self.lengths[slot]] = -1
         self.lengths[slot] = start + n

@@ -202,7 +202,7 @@ class Transformer(nn.Module):
             in_new = (rel >= 0)[:, None, :].expand(B, T, L)
             cols = rel.clamp(0, T - 1)[:, None, :].expand(B, T, L)
             mask = torch.where(in_new, torch.gather(tm.to(dev), 2, cols), mask)
-        key_pos = cache.positions[torch.tensor(slots, device=dev)][:, :L]          # [B, L]
+        key_pos = cache.positions[torch.tensor(slots)][:, :L].to(dev)              # [B, L] (kept on the host)
         mask = mask & (key_pos >= 0)[:, None, :]
         masks: dict[bool, torch.Tensor | None] = {False: mask[:, None]}
         if window is not None:
