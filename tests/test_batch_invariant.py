@@ -253,3 +253,23 @@ def test_real_model_speculation_equals_plain_decoding(kernels: ModuleType, real_
     spec = llm.generate(CODE_PROMPTS, params, speculative=method)
     assert [c.token_ids for c in spec] == plain
     assert sum(c.accepted for c in spec) > 0
+
+
+# ---- the benchmark's report (no GPU needed) ---------------------------------------------------
+def test_the_benchmark_reports_equality_and_cost() -> None:
+    from hastelm.kernels import triton_invariant_bench as bench
+    assert bench._first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert bench._first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert bench._first_difference([1, 2], [1, 2, 3]) == 2
+
+    def mode(tg: float, equal: float) -> dict:
+        spec = {"tokens_per_s": 2 * tg, "equal": equal, "first_difference": [None, 7], "accepted_per_step": 1.5}
+        return {"tg_tokens_per_s": tg, "plain": {"tokens_per_s": tg}, "pld": spec, "auto": spec, "total_s": 9.0}
+
+    text = bench.table({"model": "m", "device": "gpu", "torch": "x", "tokens": 128,
+                        "modes": {"bfloat16": mode(400.0, 0.6), "invariant": mode(100.0, 1.0)}})
+    assert "invariant / bfloat16 decode speed: 0.25x" in text
+    assert "bfloat16 pld: first differing token per prompt [None, 7]" in text
+    assert "invariant pld: first" not in text
+    if not CUDA:
+        assert bench.main(["--model", "unused"]) == 2          # needs CUDA: one line, exit 2
