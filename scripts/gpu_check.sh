@@ -17,7 +17,7 @@ out=${OUT:-gpu-results}
 mkdir -p "$out"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-steps=",${1:-tests,decode,core,spec,serve,invariant},"
+steps=",${1:-decode,core,spec,invariant,serve,tests},"
 
 if compgen -G ".whl/*.whl" >/dev/null && [ ! -e /tmp/site/.installed ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -43,12 +43,12 @@ step() {   # step NAME LIMIT_S COMMAND...: run when listed, with a time limit, l
   echo "model: $MODEL"; } 2>&1 | tee "$out/env.log"
 
 bench=($PY -m hastelm.cli bench -m "$MODEL" --device cuda)
-step tests 150 $PY -m pytest -q -p no:cacheprovider \
-  tests/test_gpu_graphs.py tests/test_cuda.py tests/test_batch_invariant.py
-step decode 80 $PY -m hastelm.gpu.bench --model "$MODEL" --batches 1,8,64 --json "$out/decode.json"
-step core 130 "${bench[@]}" --engines hastelm,transformers -r 3 -b 32 --json "$out/core.json"
-step spec 100 "${bench[@]}" --engines hastelm -p 0 -n 0 -b 0 --speculative pld,auto --workload humaneval \
+step decode 70 $PY -m hastelm.gpu.bench --model "$MODEL" --batches 1,8,64 --json "$out/decode.json"
+step core 120 "${bench[@]}" --engines hastelm,transformers -r 3 -b 32 --json "$out/core.json"
+step spec 90 "${bench[@]}" --engines hastelm -p 0 -n 0 -b 0 --speculative pld,auto --workload humaneval \
   --limit 12 --max-tokens 128 --json "$out/spec.json"
-step serve 100 $PY -m hastelm.cli bench serve --launch "$MODEL" --launch-max-batch 64 -c 1 -c 8 -c 64 -n 64 \
-  --output-len 128 --duration 20 --json "$out/serve.json"
 step invariant 80 $PY -m hastelm.kernels.triton_invariant_bench --model "$MODEL" --json "$out/invariant.json"
+step serve 90 $PY -m hastelm.cli bench serve --launch "$MODEL" --launch-max-batch 64 -c 1 -c 8 -c 64 -n 64 \
+  --output-len 128 --duration 20 --json "$out/serve.json"
+step tests 130 $PY -m pytest -q -p no:cacheprovider \
+  tests/test_gpu_graphs.py tests/test_cuda.py tests/test_batch_invariant.py
