@@ -43,7 +43,7 @@ def generate(
     chat: bool = typer.Option(True, "--chat/--raw", help="apply the model's chat template"),
     stop: Optional[list[str]] = typer.Option(None, "--stop"),
     speculative: Optional[str] = SpecOpt,
-    dtype: str = typer.Option("auto", "--dtype", help="auto|float32|bfloat16"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto|fast|float32|bfloat16|invariant (CUDA: batch-invariant bf16)"),
     device: str = typer.Option("auto", "--device"),
     ctx_size: Optional[int] = typer.Option(None, "-c", "--ctx-size", help="context length (default: the model's)"),
     stats: bool = typer.Option(True, "--stats/--no-stats", help="print speed on stderr"),

@@ -40,7 +40,7 @@ def bench(
                               help="prompts of -n tokens through LLM.generate, one at a time and batched (0 skips it)"),
     reps: int = typer.Option(5, "-r", "--repetitions", help="timed repetitions after one warm-up"),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="threads per engine (default: all cores)"),
-    dtype: str = typer.Option("auto", "--dtype", help="hastelm's mode: auto|float32|bfloat16"),
+    dtype: str = typer.Option("auto", "--dtype", help="hastelm's mode: auto|fast|float32|bfloat16|invariant"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda, for hastelm and transformers"),
     speculative: Optional[str] = typer.Option(None, "--speculative", help="comma list of methods, or auto"),
     workload: Optional[str] = typer.Option(None, "--workload", help="humaneval|mixed|FILE.jsonl"),

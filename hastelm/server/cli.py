@@ -46,7 +46,7 @@ def serve(
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="model id clients use"),
     context_length: Optional[int] = typer.Option(None, "--context-length", help="per-sequence context"),
     prefill_chunk: int = typer.Option(256, "--prefill-chunk", help="prompt tokens per scheduler step"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto|float32|bfloat16"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto|fast|float32|bfloat16|invariant (CUDA: batch-invariant bf16)"),
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads",
                                           help="compute threads (default: all cores)"),
