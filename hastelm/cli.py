@@ -26,6 +26,8 @@ def sampling_params(max_tokens: int, temp: float, top_k: int, top_p: float, min_
 
 ModelOpt = typer.Option(DEFAULT_MODEL, "-m", "--model", help="alias, .gguf file or Hugging Face folder")
 SpecOpt = typer.Option(None, "--speculative", help="recycling|pld|lookahead|layerskip|draft:MODEL|auto")
+KvPolicyOpt = typer.Option(None, "--kv-policy", help="KV-cache eviction: streamingllm|h2o|snapkv|pyramidkv|adakv")
+KvBudgetOpt = typer.Option(None, "--kv-budget", help="entries each sequence keeps: a ratio in (0, 1] or a token count")
 
 
 @app.command()
@@ -43,6 +45,8 @@ def generate(
     chat: bool = typer.Option(True, "--chat/--raw", help="apply the model's chat template"),
     stop: Optional[list[str]] = typer.Option(None, "--stop"),
     speculative: Optional[str] = SpecOpt,
+    kv_policy: Optional[str] = KvPolicyOpt,
+    kv_budget: Optional[str] = KvBudgetOpt,
     dtype: str = typer.Option("auto", "--dtype", help="auto|fast|float32|bfloat16|invariant (CUDA: batch-invariant bf16)"),
     device: str = typer.Option("auto", "--device"),
     ctx_size: Optional[int] = typer.Option(None, "-c", "--ctx-size", help="context length (default: the model's)"),
@@ -52,7 +56,7 @@ def generate(
     try:
         text = sys.stdin.read() if prompt == "-" else prompt
         params = sampling_params(max_tokens, temp, top_k, top_p, min_p, seed, repeat_penalty, stop)
-        llm = load_llm(model, dtype, device, speculative, ctx_size)
+        llm = load_llm(model, dtype, device, speculative, ctx_size, kv_policy, kv_budget)
         if chat or system:
             steps = llm.chat_stream([{"role": "user", "content": text}], params, system=system)
         else:
@@ -99,12 +103,14 @@ def chat_cmd(
     min_p: float = typer.Option(0.05, "--min-p"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     speculative: Optional[str] = SpecOpt,
+    kv_policy: Optional[str] = KvPolicyOpt,
+    kv_budget: Optional[str] = KvBudgetOpt,
     dtype: str = typer.Option("auto", "--dtype"),
 ) -> None:
     """Interactive streaming conversation (empty line or Ctrl-D to quit; /reset clears history)."""
     try:
         params = sampling_params(max_tokens, temp, top_k, top_p, min_p, seed)
-        llm = load_llm(model, dtype, speculative=speculative)
+        llm = load_llm(model, dtype, speculative=speculative, kv_policy=kv_policy, kv_budget=kv_budget)
     except HastelmError as exc:
         fail(str(exc))
     history: list[dict[str, str]] = []

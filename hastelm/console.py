@@ -24,7 +24,8 @@ def fail(message: str) -> NoReturn:
 
 
 def load_llm(model: str, dtype: str = "auto", device: str = "auto", speculative: Optional[str] = None,
-             context_length: Optional[int] = None) -> "LLM":
+             context_length: Optional[int] = None, kv_policy: Optional[str] = None,
+             kv_budget: Optional[str] = None) -> "LLM":
     """Load with a progress bar on stderr; user mistakes become one-line errors."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -38,4 +39,4 @@ def load_llm(model: str, dtype: str = "auto", device: str = "auto", speculative:
             progress.update(task, completed=done, total=total)
 
         return LLM(model, dtype=dtype, device=device, speculative=speculative,
-                   context_length=context_length, progress=report)
+                   context_length=context_length, kv_policy=kv_policy, kv_budget=kv_budget, progress=report)

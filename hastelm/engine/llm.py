@@ -14,6 +14,7 @@ from ..decoding.plain import PlainDecoding
 from ..decoding.sampling import SamplingParams
 from ..decoding.step import Completion, StepResult
 from ..errors import ContextOverflowError, HastelmError, InvalidParameterError
+from ..kv.policies import DEFAULT_INTERVAL, make_kv_config
 from ..models.loader import load_model
 from ..models.registry import DEFAULT_MODEL
 from .runner import PREFILL_CHUNK
@@ -50,10 +51,15 @@ class LLM:
     `dtype`: "auto" (packed int4 + bf16 on CPU, bf16 on GPU), "float32" (exact reference), "bfloat16".
     `speculative`: default speculative proposer for every call (see `hastelm.decoding.speculative`).
     `max_batch`: requests decoded together by `generate` (continuous batching, one cache slot each).
+    `kv_policy`, `kv_budget`, `kv_interval`: KV-cache eviction (`streamingllm`, `h2o`, `snapkv`,
+    `pyramidkv`, `adakv`; a budget ratio in (0, 1] of the tokens seen, or a token count; compress
+    when a cache exceeds it by `kv_interval`), fixed for this `LLM`; plain decoding only.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto",
                  context_length: int | None = None, speculative: str | None = None, max_batch: int = 16,
+                 kv_policy: str | None = None, kv_budget: float | int | str | None = None,
+                 kv_interval: int = DEFAULT_INTERVAL,
                  progress: Callable[[int, int], None] | None = None) -> None:
         self.device = resolve_device(device)
         self.mode = resolve_mode(dtype, self.device)
@@ -61,8 +67,15 @@ class LLM:
             raise InvalidParameterError(f"context_length must be >= 1, got {context_length}")
         if max_batch < 1:
             raise InvalidParameterError(f"max_batch must be >= 1, got {max_batch}")
+        self.kv_policy = make_kv_config(kv_policy, kv_budget, kv_interval)    # before the slow load
+        if self.kv_policy is not None and speculative and speculative not in ("none", "plain"):
+            raise InvalidParameterError("kv eviction (kv_policy) runs with plain decoding only: "
+                                        "speculative methods are not supported with it yet")
         loaded = load_model(model, self.mode, self.device, progress)
         self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
+        if self.kv_policy is not None and self.kv_policy.policy.per_head and self.config.sliding_window is not None:
+            raise InvalidParameterError(f"kv policy {self.kv_policy.policy.name} keeps different entries per head, "
+                                        "which sliding-window models do not support yet (use streamingllm)")
         self.name, self.path = loaded.name, loaded.path
         limit = self.config.max_position_embeddings
         self.context_length = min(context_length or limit, limit)
@@ -101,7 +114,7 @@ class LLM:
         if self._scheduler is None:
             self._scheduler = Scheduler(self.model, self.tokenizer, self.context_length,
                                         DecodingChoices(self.strategy, []), max_batch=self.max_batch,
-                                        max_queue=UNBOUNDED, prefill_chunk=PREFILL_CHUNK)
+                                        max_queue=UNBOUNDED, prefill_chunk=PREFILL_CHUNK, kv_policy=self.kv_policy)
         return self._scheduler
 
     def clear_prefix_cache(self) -> None:

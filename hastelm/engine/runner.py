@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import InvalidParameterError
 from ..kv.cache import KVCache
+from ..kv.policies import KVPolicyConfig
+from ..kv.policies.compressor import KVCompressor
 from ..models.batch import ForwardBatch
 from ..models.transformer import Transformer
 
@@ -44,15 +47,26 @@ class Row:
 
 class ModelRunner:
     def __init__(self, model: Transformer, capacity: int | None = None, slots: int = 1, *,
-                 cuda_graphs: bool | None = None, compile_graphs: bool = False) -> None:
+                 cuda_graphs: bool | None = None, compile_graphs: bool = False,
+                 kv_policy: KVPolicyConfig | None = None) -> None:
         """`cuda_graphs`: run decode steps and small draft trees through captured graphs (default:
         on CUDA; True elsewhere runs the same static step eagerly, for tests);
-        `compile_graphs`: `torch.compile` what they capture (fused kernels; slow first steps)."""
+        `compile_graphs`: `torch.compile` what they capture (fused kernels; slow first steps);
+        `kv_policy`: evict cache entries by this policy (`apply_kv_policy`, between steps)."""
         self.model = model
         self.cache: KVCache = model.new_cache(capacity, slots=slots)
         self._graphs: GraphDecoder | None = None
         self._use_graphs = model.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self._compile = compile_graphs
+        self.kv: KVCompressor | None = None
+        if kv_policy is not None:
+            if kv_policy.policy.per_head and model.config.sliding_window is not None:
+                raise InvalidParameterError(
+                    f"kv policy {kv_policy.policy.name} keeps different entries per head, which sliding-window "
+                    "models do not support yet (use streamingllm)")
+            self.kv = KVCompressor(kv_policy, self.cache, model.attn_scale)
+            # captured graphs neither call the query hook nor read per-head hidden entries
+            self._use_graphs = False
 
     @property
     def device(self) -> torch.device:
@@ -85,7 +99,16 @@ class ModelRunner:
         batch = ForwardBatch(tokens.to(self.device), positions.to(self.device), [r.slot for r in rows], starts,
                              tree_mask=None if mask is None else mask.to(self.device), layers=layers,
                              valid=lens if padded and mask is None else None, last_only=last_only)
-        logits = self.model(batch, cache)
+        observe = self.kv is not None and self.kv.observes and layers is None
+        if observe:
+            self.kv.begin([r.slot for r in rows], starts, lens, [r.position_list() for r in rows])
+            self.model.query_hook = self.kv.observe
+        try:
+            logits = self.model(batch, cache)
+        finally:
+            if observe:
+                self.model.query_hook = None
+                self.kv.end()
         for r, n in zip(rows, lens):
             cache.commit(r.slot, width)
             if n < width:
@@ -108,6 +131,14 @@ class ModelRunner:
             logits = self.forward([Row(slot, part, start + lo)], last_only=not all_logits)
             outs.append(logits[0])
         return torch.cat(outs) if all_logits else outs[-1]
+
+    def apply_kv_policy(self, slots: Sequence[int], prefilling: Sequence[bool] | None = None) -> int:
+        """Compress each of `slots` whose cache is over its budget (between forwards only: every
+        entry must belong to a committed token). Returns how many were compressed."""
+        if self.kv is None:
+            return 0
+        flags = prefilling or [False] * len(slots)
+        return sum(self.kv.maintain(s, p) for s, p in zip(slots, flags))
 
     # ---- pieces ---------------------------------------------------------------------------
     def _one_by_one(self, rows: list[Row], layers: Sequence[int] | None, last_only: bool) -> torch.Tensor:

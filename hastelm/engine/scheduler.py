@@ -33,25 +33,33 @@ from ..decoding.plain import PlainDecoding, StepOutcome
 from ..decoding.sampling import top_logprobs
 from ..decoding.sequence import common_prefix
 from ..decoding.step import StepResult, TokenLogprob
-from ..errors import HastelmError
+from ..errors import HastelmError, InvalidParameterError
 from ..formats.tokenizer import Tokenizer
+from ..kv.policies import KVPolicyConfig
 from ..models.transformer import Transformer
 from .jobs import Job, QueueFullError
 from .runner import ModelRunner, Row
 from .sequence import apply_step, start_sequence
 
 log = logging.getLogger("hastelm.scheduler")
+_KV_PLAIN_ONLY = "kv eviction (kv_policy) runs with plain decoding only: speculative methods are not supported with it yet"
 
 class Scheduler:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, context_length: int, choices: DecodingChoices, *,
-                 max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256) -> None:
-        """`choices`: the decoding methods a job may name (a job may also bring its own strategy)."""
+                 max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256,
+                 kv_policy: KVPolicyConfig | None = None) -> None:
+        """`choices`: the decoding methods a job may name (a job may also bring its own strategy);
+        `kv_policy`: evict cache entries (plain decoding only; slots then keep no prefix between
+        requests, since what an evicting slot holds is no longer a prefix)."""
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
             raise HastelmError("max_batch and prefill_chunk must be >= 1, max_queue >= 0")
+        if kv_policy is not None and len(choices.names) > 1:
+            raise InvalidParameterError(_KV_PLAIN_ONLY)
+        self.kv_policy = kv_policy
         self.model, self.tokenizer, self.context_length = model, tokenizer, context_length
         self.choices = choices
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
-        self.runner = ModelRunner(model, context_length, slots=max_batch)
+        self.runner = ModelRunner(model, context_length, slots=max_batch, kv_policy=kv_policy)
         self.cache = self.runner.cache
         self.queue: deque[Job] = deque()
         self.slots: list[Job | None] = [None] * max_batch
@@ -117,6 +125,7 @@ class Scheduler:
             self._prefill()
             self._copy_twins()
             self._decode()
+            self._evict()
         except Exception as exc:
             self._fail_running(exc)
 
@@ -147,6 +156,8 @@ class Scheduler:
             self.slots[slot] = job
             try:
                 job.strategy = job.strategy or self.choices.resolve(job.speculative)
+                if self.kv_policy is not None and not isinstance(job.strategy, PlainDecoding):
+                    raise InvalidParameterError(_KV_PLAIN_ONLY)
                 job.seq = start_sequence(job.ids, job.params, self.tokenizer, self.context_length,
                                          self.model.config.vocab_size, slot=slot, index=job.index)
             except Exception as exc:
@@ -161,7 +172,7 @@ class Scheduler:
         """A running job with the same prompt whose cache will hold it (n choices, or the same
         prompt sent many times): the prompt is then computed once and copied."""
         prompt = job.ids[:-1]
-        if self._todo(job) == 0:       # its slot already holds the prompt
+        if self._todo(job) == 0 or self.kv_policy is not None:   # holds it already / will evict it
             return None
         for other in self.slots:
             if (other is not None and other is not job and other.seq is not None and other.twin is None
@@ -188,11 +199,15 @@ class Scheduler:
         best, keep = -1, -1
         for slot, held in enumerate(self.slots):
             if held is None:
-                n = 0 if job.prompt_logprobs is not None else common_prefix(self.cached_ids[slot], job.ids[:-1])
+                n = 0 if job.prompt_logprobs is not None or self.kv_policy is not None else \
+                    common_prefix(self.cached_ids[slot], job.ids[:-1])
                 n = n // self.prefill_chunk * self.prefill_chunk
                 if n > keep:
                     best, keep = slot, n
-        self.cache.trim(self.cache.length(best) - keep, best)
+        if keep > 0:
+            self.cache.trim(self.cache.length(best) - keep, best)
+        else:
+            self.cache.reset(best)
         self.cached_ids[best] = []
         return best
 
@@ -200,7 +215,7 @@ class Scheduler:
         return [j for j in self.slots if j is not None and j.seq and j.twin is None and self._todo(j) > 0]
 
     def _todo(self, job: Job) -> int:
-        return len(job.seq.ids) - 1 - self.cache.length(job.seq.slot)
+        return len(job.seq.ids) - 1 - self.cache.seen(job.seq.slot)     # seen: evicted entries count
 
     def _prefill(self) -> None:
         """The next chunk of each prefilling request, about two chunks' worth of tokens per
@@ -212,7 +227,7 @@ class Scheduler:
             if budget <= 0:
                 break
             slot, c = job.seq.slot, self.prefill_chunk
-            lo = self.cache.length(slot)
+            lo = self.cache.seen(slot)
             hi = min(len(job.ids) - 1, (lo // c + 1) * c)
             if job.prompt_logprobs is not None:
                 self._run_prefill([(job, lo, hi)])     # scoring needs every position's logits
@@ -263,6 +278,13 @@ class Scheduler:
             for job, outcome in zip(jobs, outcomes):
                 self._advance(job, outcome, elapsed)
 
+    def _evict(self) -> None:
+        """Compress the slots over their KV budget (ratio budgets wait for the whole prompt)."""
+        if self.kv_policy is None:
+            return
+        jobs = [j for j in self.slots if j is not None and j.seq is not None and not j.done]
+        self.runner.apply_kv_policy([j.seq.slot for j in jobs], [self._todo(j) > 0 for j in jobs])
+
     def _advance(self, job: Job, outcome: StepOutcome, elapsed: float) -> None:
         try:
             result = apply_step(job.seq, outcome, elapsed)
@@ -290,7 +312,7 @@ class Scheduler:
         slot = self.slots.index(job)
         self.slots[slot] = None
         seq = job.seq
-        if finished and seq is not None and job.prompt_logprobs is None:
+        if finished and seq is not None and job.prompt_logprobs is None and self.kv_policy is None:
             # the cache holds ids[:-1] (or more, when a stop string cut accepted tokens)
             held = min(self.cache.length(slot), len(seq.ids) - 1)
             self.cache.trim(self.cache.length(slot) - held, slot)

@@ -6,6 +6,7 @@ sliding-window layers with their own RoPE base. Layer skipping is part of the ba
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,9 @@ class Transformer(nn.Module):
         self.invariant = invariant
         self._rope_global: torch.Tensor | None = None
         self._rope_local: torch.Tensor | None = None
+        # when set, called with (layer index, rotated queries [B, T, Hq, D]) after the cache write:
+        # KV eviction policies read the queries the fast attention kernel does not return
+        self.query_hook: Callable[[int, torch.Tensor], None] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -222,7 +226,8 @@ class Transformer(nn.Module):
             # vs 1.0 ms at 1000) with the same per-row arithmetic
             out = F.scaled_dot_product_attention(
                 q.view(B, self.n_kv, H // self.n_kv, D), k.transpose(1, 2), v.transpose(1, 2).to(q.dtype),
-                attn_mask=mask, scale=self.config.attn_scale)
+                attn_mask=mask if mask is None or mask.shape[1] == 1 else mask.reshape(B, self.n_kv, H // self.n_kv, -1),
+                scale=self.config.attn_scale)
             return out.reshape(B, H, 1, D)
         return F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2).to(q.dtype),
@@ -263,6 +268,8 @@ class Transformer(nn.Module):
         else:
             keys[write] = k
             values[write] = v
+        if self.query_hook is not None:
+            self.query_hook(self.layer_list.index(layer), q)
         if kernel_rows is not None:
             # every query row (decode, prompt chunk, draft-tree node) through the one-token kernel:
             # all three compute a token's row with the same arithmetic
@@ -288,6 +295,11 @@ class Transformer(nn.Module):
                                                    None if mask is None else mask[r:r + 1, ..., :n, :end])
         return att
 
+    def _head_mask(self, mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor:
+        """The layer's mask `[B, 1, T, L]` narrowed per query head by `hidden` `[B, Hkv, L]`."""
+        visible = ~hidden.repeat_interleave(self.n_q // self.n_kv, dim=1)[:, :, None, :]
+        return visible if mask is None else mask & visible
+
     def _layer(self, i: int, x: torch.Tensor, cache: KVCache, slots: list[int], write: tuple,
                L: int, mask: torch.Tensor | None, rot: torch.Tensor,
                rows: list[tuple[int, int]] | None = None,
@@ -301,10 +313,15 @@ class Transformer(nn.Module):
         h = self.norm(x, attn_norm)
         qkv = qkv_proj(h)
         keys, values = cache.keys[i], cache.values[i]
+        hidden = cache.hidden_mask(i, slots, L)      # entries evicted from some heads only (kv/policies)
+        if hidden is not None:      # the kernels' masks are per row, not per head: torch reads these
+            mask, kernel_rows = self._head_mask(mask, hidden), None
         if isinstance(kernel_rows, KernelRows) and qk_norm is None and qkv.dtype == torch.float32:
             # fast CPU mode: RoPE and the cache write in one call, then every query row (decode,
             # prompt chunk, draft-tree node) through the one-token kernel: the same arithmetic
             q = rope_qkv(qkv, kernel_rows, keys, values, nq)
+            if self.query_hook is not None:
+                self.query_hook(i, q.view(B, T, nq, hd))
             att = decode_attention(q, keys, values, kernel_rows, self.attn_scale).view(B, T, nq * hd)
         else:
             att = self._attention(qkv.view(B, T, nq + 2 * nkv, hd), layer, keys, values, cache, slots, write,

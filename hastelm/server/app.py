@@ -90,7 +90,8 @@ def create_app(llm: Any, *, model_id: str | None = None, max_batch: int = 8, max
     None: the LLM's default). Nothing a request sends loads a model or touches a file."""
     choices = DecodingChoices(llm.strategy, llm.default_speculative if speculative is None else speculative)
     scheduler = ServingScheduler(llm.model, llm.tokenizer, llm.context_length, choices, max_batch=max_batch,
-                                 max_queue=max_queue, prefill_chunk=prefill_chunk, threads=threads)
+                                 max_queue=max_queue, prefill_chunk=prefill_chunk, threads=threads,
+                                 kv_policy=getattr(llm, "kv_policy", None))
     limits = limits or ConnectionLimits()
     longest_token_bytes(llm.tokenizer)       # computed once now, not on a request's clock
     state = ServerState(llm, scheduler, model_id or model_id_for(llm.name), api_key, created=int(time.time()))

@@ -45,6 +45,10 @@ def serve(
                                                   help="open connections (default: half the file limit, <= 1024)"),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="model id clients use"),
     context_length: Optional[int] = typer.Option(None, "--context-length", help="per-sequence context"),
+    kv_policy: Optional[str] = typer.Option(None, "--kv-policy",
+                                            help="KV-cache eviction: streamingllm|h2o|snapkv|pyramidkv|adakv"),
+    kv_budget: Optional[str] = typer.Option(None, "--kv-budget",
+                                            help="entries each sequence keeps: a ratio in (0, 1] or a token count"),
     prefill_chunk: int = typer.Option(256, "--prefill-chunk", help="prompt tokens per scheduler step"),
     dtype: str = typer.Option("auto", "--dtype", help="auto|fast|float32|bfloat16|invariant (CUDA: batch-invariant bf16)"),
     device: str = typer.Option("auto", "--device"),
@@ -70,7 +74,7 @@ def serve(
         except ValueError as exc:
             raise HastelmError(f"--max-body-mb, --request-timeout, --keep-alive, --max-connections: {exc}") from None
         threads = compute_threads(threads)
-        llm = load_llm(model, dtype, device, None, context_length)
+        llm = load_llm(model, dtype, device, None, context_length, kv_policy, kv_budget)
         app = create_app(llm, model_id=served_model_name, max_batch=max_batch, max_queue=max_queue,
                          prefill_chunk=prefill_chunk, speculative=speculative or [], api_key=api_key,
                          threads=threads, limits=limits, metrics_public=metrics_public)
