@@ -319,7 +319,9 @@ SECOND_TEXT = (
     "next to a photograph of the old keeper standing in his garden between the rocks. The harbour "
     "authority, which had once wanted to sell the keeper's house, turned it into a small museum, and on "
     "the first day of every spring the children climb the hundred and twelve steps to light the old "
-    "lamp for one evening, so that the boats coming home can see it from far out at sea."
+    "lamp for one evening, so that the boats coming home can see it from far out at sea. Ines still "
+    "visits every year, and she always brings a new notebook, because the old keeper believed that the "
+    "most useful thing a person can do is to pay attention and write it down."
 )
 
 
@@ -345,4 +347,8 @@ def test_eviction_at_half_the_cache_keeps_most_next_tokens(llm_fast) -> None:
         assert agree >= floor, (name, agree)
 
 
-FLOORS = {"streamingllm": 0.0, "snapkv": 0.0}   # set from measurements below
+# Measured on this 2-core CPU in the fast mode: 23/32 (StreamingLLM) and 24/32 (SnapKV) at half the
+# cache (H2O 27/32, Ada-KV 25/32; SnapKV 30/32 at 0.9, so the prose leans on its first lines); a
+# decode at wrong positions after the same eviction scores 9/32 and 15/32. 20/32 leaves three or
+# four tokens of numeric slack either way and still fails broken positions or a wrong kept set.
+FLOORS = {"streamingllm": 20 / 32, "snapkv": 20 / 32}
