@@ -99,9 +99,9 @@ class ModelRunner:
         batch = ForwardBatch(tokens.to(self.device), positions.to(self.device), [r.slot for r in rows], starts,
                              tree_mask=None if mask is None else mask.to(self.device), layers=layers,
                              valid=lens if padded and mask is None else None, last_only=last_only)
-        observe = self.kv is not None and self.kv.observes and layers is None
+        observe = (self.kv is not None and self.kv.observes and layers is None
+                   and self.kv.begin([r.slot for r in rows], starts, lens, [r.position_list() for r in rows]))
         if observe:
-            self.kv.begin([r.slot for r in rows], starts, lens, [r.position_list() for r in rows])
             self.model.query_hook = self.kv.observe
         try:
             logits = self.model(batch, cache)

@@ -31,6 +31,7 @@ class _Row:
     positions: torch.Tensor          # [count] their RoPE positions
     key_positions: torch.Tensor | None = None   # [layers, start + count, Hkv] (H2O only)
     visible: torch.Tensor | None = None
+    capture: bool = False            # keep its last query rows (the window policies)
 
 
 class KVCompressor:
@@ -50,7 +51,8 @@ class KVCompressor:
 
     # ---- during a forward -------------------------------------------------------------------
     def begin(self, slots: Sequence[int], starts: Sequence[int], counts: Sequence[int],
-              positions: Sequence[Sequence[int]]) -> None:
+              positions: Sequence[Sequence[int]]) -> bool:
+        """Before a forward over these rows; False when it needs nothing from this forward."""
         rows = []
         for slot, start, n, pos in zip(slots, starts, counts, positions):
             if start == 0:                    # a new sequence in this slot: nothing carries over
@@ -66,13 +68,27 @@ class KVCompressor:
                 row.visible = None if vis is None else torch.cat(
                     [vis[:, :start], torch.ones(vis.shape[0], n, vis.shape[2], dtype=torch.bool)], 1)
                 if slot not in self.scores:
-                    self.scores[slot] = torch.zeros((self.cache.num_layers, self.cache.capacity, self.cache.kv_heads))
-            if self.policy.window:
+                    self.scores[slot] = torch.zeros((self.cache.num_layers, self.cache.capacity, self.cache.kv_heads),
+                                                    dtype=torch.float64)     # sums of many small weights
+            if self.policy.window and (n > 1 or self._near_compression(slot)):
+                row.capture = True
                 w = self.policy.window
                 old = self.query_positions.get(slot, torch.empty(0, dtype=torch.long))
+                if old.numel() and int(old[-1]) + 1 != int(row.positions[0]):
+                    old = old[:0]              # a gap since the last capture: the window restarts
+                    self.queries.pop(slot, None)
                 self.query_positions[slot] = torch.cat([old, row.positions])[-w:]
             rows.append(row)
-        self._rows = rows
+        active = self.policy.accumulates or any(r.capture for r in rows)
+        self._rows = rows if active else None
+        return active
+
+    def _near_compression(self, slot: int) -> bool:
+        """Whether a compression may come within the next `window` tokens. Decode steps copy their
+        queries only then: copying every step's 30 query rows cost a fifth of the decode speed."""
+        margin = self.policy.window + 2
+        budget = max(self.config.budget.tokens(self.cache.seen(slot) + margin), self.policy.min_tokens)
+        return self.cache.live(slot) + margin >= budget + self.config.interval
 
     def end(self) -> None:
         self._rows = None
@@ -83,7 +99,7 @@ class KVCompressor:
             return
         for b, row in enumerate(self._rows):
             rows = q[b, :row.count]
-            if self.policy.window:
+            if row.capture:
                 w = self.policy.window
                 bufs = self.queries.setdefault(row.slot, [rows[:0].clone() for _ in range(self.cache.num_layers)])
                 bufs[layer] = torch.cat([bufs[layer], rows[-w:]])[-w:]
