@@ -6,7 +6,7 @@ verification, whatever else shares the forward: then greedy speculation equals p
 the GPU as it does in the CPU fast mode. RoPE, SiLU and the residual adds are elementwise; the
 matmuls go through `InvariantLinear`, the norms through `rms_norm` and attention through `attend`,
 which reads each query row's visible keys (`InvariantRows`, built once per forward from the masks
-`Transformer._masks` makes) compacted in cache order.
+`models.attention_rows.attention_masks` makes) compacted in cache order.
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def _rows(slots: list[int], starts: list[int], T: int, mask: torch.Tensor | None
 def invariant_rows(slots: list[int], starts: list[int], T: int, masks: dict[bool, torch.Tensor | None],
                    device: torch.device) -> dict[bool, InvariantRows]:
     """What `attend` needs for full (False) and sliding-window (True) layers, built once per forward
-    from `Transformer._masks`' output."""
+    from `attention_masks`' output."""
     full = _rows(slots, starts, T, masks[False], device)
     if masks[True] is masks[False]:
         return {False: full, True: full}

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kv.cache import KVCache
-from .batch import ForwardBatch
 from ..kernels.cpu import KernelRows, decode_attention, native, rms_norm, rope_qkv, silu_mul
+from ..kv.cache import KVCache
+from .attention_rows import attention_masks, native_rows, write_index
+from .batch import ForwardBatch
 from .config import ModelConfig
 from .invariant import InvariantRows, attend, invariant_rows
 from .invariant import rms_norm as invariant_norm
@@ -155,8 +156,9 @@ class Transformer(nn.Module):
         tokens, positions = batch.tokens.to(self.device), batch.positions.to(self.device)   # no-ops when there
         slots, starts = batch.slots, batch.starts
         L = max(starts) + T
-        write = self._write_index(slots, starts, T)
-        masks = self._masks(cache, slots, starts, positions, T, L, batch.tree_mask)
+        write = write_index(slots, starts, T, self.device)
+        masks = attention_masks(self.config.sliding_window, cache, slots, starts, positions, T, L,
+                                batch.tree_mask, self.device)
         top = int(positions.max()) + 1
         rot_g = self._rope(False, top)[positions]
         rot_l = self._rope(True, top)[positions] if self.config.sliding_window else rot_g
@@ -165,7 +167,7 @@ class Transformer(nn.Module):
         rows = None if batch.valid is None else list(zip(starts, batch.valid))
         kernel_rows: dict[bool, KernelRows] | dict[bool, InvariantRows] | None = None
         if self.decode_kernel:
-            kernel_rows = self._kernel_rows(slots, starts, T, masks, rot_g, rot_l)
+            kernel_rows = native_rows(slots, starts, T, masks, rot_g, rot_l)
         elif self.invariant:
             kernel_rows = invariant_rows(slots, starts, T, masks, self.device)
         for i in run:
@@ -180,42 +182,6 @@ class Transformer(nn.Module):
         return self.logits(x[torch.arange(B, device=self.device), last][:, None])
 
     # ---- pieces --------------------------------------------------------------------------
-    def _write_index(self, slots: list[int], starts: list[int],
-                     T: int) -> tuple[int, int] | tuple[torch.Tensor, torch.Tensor]:
-        """Where the new keys go: (slot, start) for one row, else index tensors `[B, T]`."""
-        if len(slots) == 1:
-            return (slots[0], starts[0])
-        slot_idx = torch.tensor(slots, device=self.device)[:, None].expand(-1, T)
-        idx = torch.tensor(starts, device=self.device)[:, None] + torch.arange(T, device=self.device)
-        return (slot_idx, idx)
-
-    def _masks(self, cache: KVCache, slots: list[int], starts: list[int], positions: torch.Tensor,
-               T: int, L: int, tree_mask: torch.Tensor | None) -> dict[bool, torch.Tensor | None]:
-        """Boolean masks `[B, 1, T, L]` for full and sliding layers (None when all keys are visible)."""
-        window = self.config.sliding_window
-        B = len(slots)
-        simple = B == 1 and tree_mask is None
-        if simple and T == 1 and (window is None or L <= window):
-            return {False: None, True: None}
-        dev = self.device
-        rel = torch.arange(L, device=dev)[None, :] - torch.tensor(starts, device=dev)[:, None]   # [B, L]
-        q_idx = torch.arange(T, device=dev)[None, :, None]
-        mask = rel[:, None, :] <= q_idx                                    # prefix + causal new part
-        if tree_mask is not None:
-            tm = tree_mask if tree_mask.dim() == 3 else tree_mask.expand(B, T, T)
-            in_new = (rel >= 0)[:, None, :].expand(B, T, L)
-            cols = rel.clamp(0, T - 1)[:, None, :].expand(B, T, L)
-            mask = torch.where(in_new, torch.gather(tm.to(dev), 2, cols), mask)
-        key_pos = cache.positions[torch.tensor(slots)][:, :L].to(dev)              # [B, L] (kept on the host)
-        mask = mask & (key_pos >= 0)[:, None, :]
-        masks: dict[bool, torch.Tensor | None] = {False: mask[:, None]}
-        if window is not None:
-            near = (positions[:, :, None] - key_pos[:, None, :]) < window
-            masks[True] = (mask & near)[:, None]
-        else:
-            masks[True] = masks[False]
-        return masks
-
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
         """Attention of `q` `[B, T, H, D]` over cached `k`, `v` `[B, L, Hkv, D]` -> `[B, H, T, D]`."""
@@ -232,21 +198,6 @@ class Transformer(nn.Module):
         return F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2).to(q.dtype),
             attn_mask=mask, scale=self.config.attn_scale, enable_gqa=self.n_kv != self.n_q)
-
-    def _kernel_rows(self, slots: list[int], starts: list[int], T: int, masks: dict[bool, torch.Tensor | None],
-                     rot_g: torch.Tensor, rot_l: torch.Tensor) -> dict[bool, KernelRows]:
-        """What the kernels need for every query row of this forward, built once for all layers:
-        row (b, t) is written at index starts[b] + t of slot b, rotated for its position, and reads
-        the slot's keys up to itself where the mask allows."""
-        row_slots = torch.tensor([s for s in slots for _ in range(T)], dtype=torch.long)
-        lengths = torch.tensor([st + t + 1 for st in starts for t in range(T)], dtype=torch.long)
-        def rows(mask: torch.Tensor | None, rot: torch.Tensor) -> KernelRows:
-            visible = None if mask is None else mask[:, 0].reshape(len(slots) * T, -1).contiguous()
-            return KernelRows(row_slots, lengths, visible, torch.view_as_real(rot).contiguous())
-
-        full = rows(masks[False], rot_g)
-        same = masks[True] is masks[False] and rot_l is rot_g      # no sliding-window layers
-        return {False: full, True: full if same else rows(masks[True], rot_l)}
 
     def _attention(self, qkv: torch.Tensor, layer: Layer, keys: torch.Tensor, values: torch.Tensor,
                    cache: KVCache, slots: list[int], write: tuple, L: int, mask: torch.Tensor | None,
